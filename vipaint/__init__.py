@@ -1,3 +1,8 @@
 """vipaint: variational posterior inference for image inverse problems with diffusion priors."""
 
 __version__ = "0.1.0"
+
+from vipaint import operators, priors  # noqa: E402
+from vipaint.api import solve, solve_full  # noqa: E402
+
+__all__ = ["solve", "solve_full", "priors", "operators", "__version__"]
