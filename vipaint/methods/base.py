@@ -41,7 +41,10 @@ class Progress:
     """A callback `progress(done, total)` for a stage; wraps tqdm when enabled."""
 
     def __init__(self, desc: str, enabled: bool = True) -> None:
-        self.desc, self.enabled, self.bar = desc, enabled, None
+        import sys
+
+        self.desc, self.bar = desc, None
+        self.enabled = enabled and sys.stderr.isatty()   # no bar spam in logs and CI
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:

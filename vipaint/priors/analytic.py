@@ -124,6 +124,10 @@ class GaussianMixturePrior(Prior):
         score = -torch.einsum("jde,nje->njd", self.evecs, proj / lam)
         return self.weights.log()[None] + logn, score
 
+    def mean_image(self) -> Tensor:
+        """The prior mean Σ_j w_j m_j as an image [C, H, W]."""
+        return (self.weights[:, None] * self.means).sum(0).float().reshape(self._shape)
+
     def log_prob(self, z: Tensor, t: Tensor) -> Tensor:
         """log p(z_t) [N] of the VP marginal at integer times t [N]."""
         logits, _ = self.marginal_terms(z, t)

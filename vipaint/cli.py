@@ -1,0 +1,64 @@
+"""Command line: `vipaint predict --config experiments/<name>.yaml [--overrides]` (LightningCLI),
+`vipaint fit --config experiments/priors/<name>.yaml` (prior training) and
+`vipaint inpaint IMAGE MASK --prior DIR --out result.png` (one image)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["main", "VIPaintCLI"]
+
+USAGE = """usage: vipaint {predict,fit,inpaint} ...
+
+  predict --config experiments/<name>.yaml [--model.n_samples 8 ...]   run a method over a dataset
+  fit --config experiments/priors/<name>.yaml                          train a small prior
+  inpaint IMAGE MASK --prior DIR --out result.png                      inpaint one image
+Run `vipaint <command> --help` for the options of a command."""
+
+
+def _env_defaults() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")      # never ask for a key; `wandb sync` later
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")         # fail fast instead of retrying a hub
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _lightning_cli(argv: list[str]):  # noqa: ANN202
+    from lightning.pytorch.cli import LightningCLI
+
+    from vipaint.data import InverseProblemDataModule
+    from vipaint.module import VIPaintModule
+
+    return LightningCLI(VIPaintModule, InverseProblemDataModule, args=argv,
+                        trainer_defaults={"inference_mode": False, "logger": False},
+                        save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": True})
+
+
+VIPaintCLI = _lightning_cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _env_defaults()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "fit":
+        from vipaint.training.cli import main as fit_main
+
+        fit_main(rest)
+    elif cmd == "inpaint":
+        from vipaint.inpaint import main as inpaint_main
+
+        inpaint_main(rest)
+    elif cmd == "predict":
+        _lightning_cli(argv)
+    else:
+        print(f"vipaint: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

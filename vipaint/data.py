@@ -1,0 +1,207 @@
+"""Datasets of (image, mask, index) items for inverse problems, behind a LightningDataModule.
+
+Sources: a local image folder (optionally with paired masks through `metadata.jsonl`
+`{"file_name": ..., "mask_file_name": ..., "class_id": ...}`), a Hub dataset id through `datasets`, or
+samples of an analytic prior ("prior"). Masks come from the files or from generators; with G
+generators the dataset is the product images × generators: item k = image k mod N, generator k div N.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vipaint.masks import MaskGenerator, check_mask
+
+__all__ = ["InverseProblemDataset", "InverseProblemDataModule", "load_image", "DatasetNotFoundError"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The configured dataset is not available on this machine."""
+
+
+def load_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
+               channels: int | None = None) -> Tensor:
+    """Decode an image into a float tensor [C, H, W] in [−1, 1]; errors name `where`."""
+    try:
+        img = source if isinstance(source, Image.Image) else Image.open(source)
+        img.load()
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{where}: cannot read the image ({err}); replace or remove the file") from err
+    if channels == 1:
+        img = img.convert("L")
+    elif channels == 3 or img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    if size is not None and img.size != (size, size):
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        img = img.resize((size, size), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    x = torch.from_numpy(arr.copy()) / 127.5 - 1.0
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{where}: the image contains NaN or inf values")
+    return x
+
+
+def _load_hf(source: str, split: str, cache_dir: str | None):
+    import datasets
+
+    local = Path(source).expanduser()
+    try:
+        if local.exists():
+            ds = datasets.load_dataset("imagefolder", data_dir=str(local), cache_dir=cache_dir)
+        else:
+            if source.startswith((".", "/", "~", "data/")):
+                raise DatasetNotFoundError(
+                    f"dataset folder '{source}' does not exist. Create it with images (and an optional "
+                    f"metadata.jsonl with mask_file_name/class_id columns), or set data.init_args.source.")
+            ds = datasets.load_dataset(source, cache_dir=cache_dir)
+    except DatasetNotFoundError:
+        raise
+    except Exception as err:  # datasets raises many types offline (ConnectionError, FileNotFoundError...)
+        raise DatasetNotFoundError(
+            f"dataset '{source}' could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:300]}).\n"
+            f"  * Hub datasets need a network or a filled cache ($HF_HOME / HF_DATASETS_CACHE); with "
+            f"HF_DATASETS_OFFLINE=1 nothing is downloaded.\n  * Or download the images elsewhere, copy "
+            f"them into a folder and set data.init_args.source to that folder.") from err
+    if split not in ds:
+        if len(ds) == 1:
+            split = next(iter(ds))
+        else:
+            raise ValueError(f"dataset '{source}' has splits {list(ds)}, not '{split}'")
+    part = ds[split]
+    for col in list(part.features):
+        feat = part.features[col]
+        if type(feat).__name__ == "Image":
+            part = part.cast_column(col, datasets.Image(decode=False))
+    return part
+
+
+class InverseProblemDataset(Dataset):
+    """Items {"image" [C,H,W], "mask" [1,H,W], "index", "image_index", "mask_name", "label", "path"}."""
+
+    def __init__(self, *, source: str, split: str = "test", masks: list[MaskGenerator] | None = None,
+                 num_images: int | None = None, image_size: int | None = None, channels: int | None = None,
+                 seed: int = 0, cache_dir: str | None = None, prior_samples: Tensor | None = None) -> None:
+        self.source, self.masks, self.seed = source, list(masks or []), seed
+        self.image_size, self.channels = image_size, channels
+        self.prior_samples = prior_samples
+        if prior_samples is not None:
+            self.table = None
+            n = prior_samples.shape[0]
+        else:
+            self.table = _load_hf(source, split, cache_dir)
+            n = len(self.table)
+            if "image" not in self.table.features:
+                raise ValueError(f"dataset '{source}' has no 'image' column (columns: {list(self.table.features)})")
+            if not self.masks and "mask" not in self.table.features:
+                raise ValueError(f"dataset '{source}' has no 'mask' column (metadata.jsonl with mask_file_name); "
+                                 f"configure data.init_args.masks generators instead")
+        self.n_images = min(n, num_images) if num_images else n
+        if self.n_images == 0:
+            raise ValueError(f"dataset '{source}' is empty")
+
+    def __len__(self) -> int:
+        return self.n_images * max(1, len(self.masks))
+
+    def _cell(self, row: dict, col: str) -> tuple[object, str]:
+        v = row[col]
+        if isinstance(v, dict):
+            path = v.get("path") or "<bytes>"
+            return (v["path"] if v.get("bytes") is None else __import__("io").BytesIO(v["bytes"])), path
+        return v, str(v)
+
+    def __getitem__(self, k: int) -> dict:
+        if k < 0 or k >= len(self):
+            raise IndexError(k)
+        i, g = k % self.n_images, k // self.n_images
+        label, path = -1, f"prior sample {i}"
+        if self.table is None:
+            x = self.prior_samples[i].float()
+        else:
+            row = self.table[i]
+            src, path = self._cell(row, "image")
+            x = load_image(src, where=f"dataset index {k} (file {path})", size=self.image_size,
+                           channels=self.channels)
+            for key in ("label", "class_id", "class"):
+                if key in row and row[key] is not None:
+                    label = int(row[key])
+                    break
+        size = tuple(x.shape[-2:])
+        if self.masks:
+            gen = self.masks[g]
+            m, name = gen(index=k, seed=self.seed, size=size), gen.name
+        else:
+            msrc, mpath = self._cell(row, "mask")
+            where = f"dataset index {k} (mask file {mpath})"
+            m = load_image(msrc, where=where, channels=1)
+            if tuple(m.shape[-2:]) != size:
+                raise ValueError(f"{where}: mask size {tuple(m.shape[-2:])} does not match image size {size} "
+                                 f"(image {path}); resize the mask or set data.init_args.image_size to None")
+            m, name = check_mask((m + 1) / 2, where=where), "file"
+        return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
+                "path": path}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors; keep strings as lists."""
+    out: dict = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        out[key] = torch.stack(vals) if isinstance(vals[0], Tensor) else (
+            torch.tensor(vals) if isinstance(vals[0], int) else vals)
+    return out
+
+
+class InverseProblemDataModule(L.LightningDataModule):
+    """Predict-time data for inverse problems.
+
+    Args:
+        source: image folder, Hub dataset id, or "prior" (samples of the module's analytic prior).
+        split: dataset split (a plain folder has a single split, used whatever the name).
+        masks: mask generators (the dataset becomes images × generators); None: masks from the files.
+        num_images: use the first N images (None: all).
+        image_size: centre-crop and resize to this square size (None: keep).
+        channels: 1 or 3 to convert; None keeps the files' mode.
+        seed: global seed for masks (and prior samples).
+        batch_size, num_workers: DataLoader settings; results do not depend on batch size.
+        cache_dir: `datasets` cache folder.
+    """
+
+    def __init__(self, source: str = "prior", *, split: str = "test", masks: list[MaskGenerator] | None = None,
+                 num_images: int | None = 16, image_size: int | None = None, channels: int | None = None,
+                 seed: int = 0, batch_size: int = 8, num_workers: int = 0, cache_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["masks"])
+        self.masks = masks
+        self.dataset: InverseProblemDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        h = self.hparams
+        samples = None
+        if h.source == "prior":
+            prior = getattr(self.trainer.lightning_module, "prior", None) if self.trainer else None
+            if prior is None or not hasattr(prior, "sample"):
+                raise ValueError("data source 'prior' needs an analytic prior (GaussianMixturePrior) in the model")
+            g = torch.Generator().manual_seed(int(h.seed) + 7919)
+            samples = prior.sample(h.num_images or 16, g).cpu()
+        self.dataset = InverseProblemDataset(source=h.source, split=h.split, masks=self.masks,
+                                             num_images=h.num_images, image_size=h.image_size,
+                                             channels=h.channels, seed=h.seed,
+                                             cache_dir=h.cache_dir or os.environ.get("VIPAINT_DATA_CACHE"),
+                                             prior_samples=samples)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers, collate_fn=collate)

@@ -1,0 +1,101 @@
+"""Per-index outputs of a predict run and the run report built from them.
+
+Files under `output_dir` (written by the rank that processed the image, atomically):
+    samples/<index>.npz   samples [S, C, H, W], composite, observation y, ground truth, mask, ELBO trace
+    panels/<index>.png    observation | samples | ground truth
+    metrics/<index>.json  per-image metrics (written last: its presence marks the index as done)
+    failed/<index>.json   the reason an image failed (a rerun retries it)
+At the end of the epoch, after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json`
+(means per mask type and overall) and an ELBO-curve plot from the files, and logs them to the logger.
+Since the report is built from files, a resumed or multi-GPU run reports every index exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from vipaint.report import build_report, panel
+
+__all__ = ["PredictionWriter"]
+
+
+def _atomic(path: Path, write) -> None:  # noqa: ANN001
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes each image's outputs as soon as its batch is done; skips indices already written.
+
+    Args:
+        output_dir: the run folder (e.g. results/fashion_mnist).
+        max_panel_samples: samples shown per panel.
+        log_images: number of panels logged to the logger.
+    """
+
+    def __init__(self, output_dir: str = "results/run", *, max_panel_samples: int = 4, log_images: int = 16) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.max_panel_samples, self.log_images = max_panel_samples, log_images
+        for sub in ("samples", "panels", "metrics", "failed"):
+            (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def is_done(self, index: int) -> bool:
+        return (self.output_dir / "metrics" / f"{index:06d}.json").exists()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
+                           dataloader_idx) -> None:
+        if prediction is None:
+            return
+        for b, index in enumerate(prediction["index"].tolist()):
+            name = f"{index:06d}"
+            if bool(prediction["failed"][b]):
+                reason = prediction["reasons"][b]
+                _atomic(self.output_dir / "failed" / f"{name}.json",
+                        lambda p: p.write_text(json.dumps({"index": index, "reason": reason,
+                                                           "path": prediction["path"][b]})))
+                print(f"[vipaint] dataset index {index} ({prediction['path'][b]}) failed: {reason}; "
+                      f"nothing written for it")
+                continue
+            arrays = {"samples": prediction["samples"][:, b], "composite": prediction["composite"][:, b],
+                      "y": prediction["y"][b], "image": prediction["image"][b], "mask": prediction["mask"][b]}
+            arrays.update({f"trace_{k}": v[:, b] for k, v in prediction["traces"].items()})
+            _atomic(self.output_dir / "samples" / f"{name}.npz",
+                    lambda p: np.savez_compressed(open(p, "wb"), **{k: v.numpy() for k, v in arrays.items()}))
+            img = panel(prediction["y"][b], prediction["mask"][b], prediction["composite"][:self.max_panel_samples, b],
+                        prediction["image"][b], operator=prediction["operator"])
+            _atomic(self.output_dir / "panels" / f"{name}.png", lambda p: img.save(p, format="PNG"))
+            rec = {"index": index, "mask": prediction["mask_name"][b], "path": prediction["path"][b],
+                   "nfe": prediction["nfe"], "n_backprop": prediction["n_backprop"]}
+            rec.update({k: float(v[b]) for k, v in prediction["metrics"].items()})
+            _atomic(self.output_dir / "metrics" / f"{name}.json", lambda p: p.write_text(json.dumps(rec)))
+            failed = self.output_dir / "failed" / f"{name}.json"
+            if failed.exists():
+                failed.unlink()
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            report = build_report(self.output_dir)
+            _log(trainer, report, self.output_dir, self.log_images)
+        trainer.strategy.barrier()
+
+
+def _log(trainer, report: dict, out: Path, n_images: int) -> None:  # noqa: ANN001
+    for logger in trainer.loggers:
+        logger.log_metrics({f"summary/{k}": v for k, v in report["overall"].items()
+                            if isinstance(v, (int, float))}, step=0)
+        if hasattr(logger, "log_table"):
+            cols = report["columns"]
+            logger.log_table("per_image", columns=cols, data=[[r.get(c) for c in cols] for r in report["rows"]])
+            panels = sorted((out / "panels").glob("*.png"))[:n_images]
+            if panels:
+                logger.log_image("panels", images=[str(p) for p in panels], caption=[p.stem for p in panels])
+            if (out / "elbo.png").exists():
+                logger.log_image("elbo_curves", images=[str(out / "elbo.png")])
