@@ -28,3 +28,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def build_tiny_pixel_prior(root: "os.PathLike[str] | str", *, channels: int = 1, size: int = 8, seed: int = 0) -> str:
+    """A seeded tiny diffusers UNet + DDPM scheduler saved with `save_pretrained` under `root`."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
+                                 layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(os.path.join(root, "unet"))
+    diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(os.path.join(root, "scheduler"))
+    return str(root)
+
+
+def build_tiny_imagefolder(root: "os.PathLike[str] | str", *, n: int = 4, size: int = 8, channels: int = 1) -> str:
+    """n random PNG images with a metadata.jsonl (file_name, class_id)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with open(os.path.join(root, "metadata.jsonl"), "w") as f:
+        for i in range(n):
+            shape = (size, size) if channels == 1 else (size, size, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(os.path.join(root, f"{i:03d}.png"))
+            f.write(json.dumps({"file_name": f"{i:03d}.png", "class_id": i % 3}) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_prior(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_pixel_prior(tmp_path_factory.mktemp("tiny_prior"))
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_imagefolder(tmp_path_factory.mktemp("tiny_images"))

