@@ -106,3 +106,27 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_pixel_prior, tiny_imagefolde
     assert results[0].keys() == results[1].keys() and len(results[0]) == 6
     for k in results[0]:
         np.testing.assert_array_equal(results[0][k], results[1][k])   # bit-identical, same per-process batch
+
+
+def test_inpaint_single_image(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    from PIL import Image
+
+    mask = np.ones((8, 8), np.uint8) * 255
+    mask[2:6, 2:6] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "res" / "result.png"
+    main(["inpaint", str(Path(tiny_imagefolder) / "000.png"), str(tmp_path / "mask.png"), "--prior", tiny_pixel_prior,
+          "--out", str(out), "--samples", "2", "--iterations", "2", "--refine-steps", "2"])
+    assert Image.open(out).size == (8, 8)
+    assert (out.parent / "result_panel.png").exists()
+    samples = np.load(out.parent / "result_samples.npz")["samples"]
+    obs = np.asarray(Image.open(Path(tiny_imagefolder) / "000.png"), np.float32) / 127.5 - 1
+    # observed pixels are pasted from the (noisy, σ_y = 0.05) observation
+    assert np.abs(samples[:, 0][:, mask > 0] - obs[mask > 0]).max() < 0.3
+
+
+def test_unknown_command_and_help(capsys):
+    main(["--help"])
+    assert "predict" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])

@@ -14,6 +14,7 @@ USAGE = """usage: vipaint {predict,fit,inpaint} ...
   predict --config experiments/<name>.yaml [--model.n_samples 8 ...]   run a method over a dataset
   fit --config experiments/priors/<name>.yaml                          train a small prior
   inpaint IMAGE MASK --prior DIR --out result.png                      inpaint one image
+  convert-ldm CKPT --config cin256-v2 --out DIR                        convert a CompVis LDM checkpoint
 Run `vipaint <command> --help` for the options of a command."""
 
 
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         from vipaint.inpaint import main as inpaint_main
 
         inpaint_main(rest)
+    elif cmd == "convert-ldm":
+        from vipaint.convert.ldm import main as convert_main
+
+        convert_main(rest)
     elif cmd == "predict":
         _lightning_cli(argv)
     else:
