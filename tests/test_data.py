@@ -1,0 +1,247 @@
+"""InverseProblemDataset on a tiny image folder: items, masks (files and generators), seeding, and the
+errors that bad inputs give (each naming the dataset index or the file)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vipaint.data import DatasetNotFoundError, InverseProblemDataset, collate
+from vipaint.masks import BoxMask, HalfPlaneMask
+
+N, S = 4, 16
+
+
+def _box_mask(size: int = S) -> np.ndarray:
+    m = np.full((size, size), 255, np.uint8)
+    m[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 0
+    return m
+
+
+def make_folder(root: Path, *, n: int = N, masks: dict[int, np.ndarray] | None = None,
+                garbage: tuple[int, ...] = (), rgb: bool = False) -> Path:
+    """n grayscale (or RGB) 16×16 PNGs + masks/NNN.png + metadata.jsonl (file_name, mask_file_name, class_id)."""
+    (root / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(n):
+            name = f"{i:03d}.png"
+            if i in garbage:
+                (root / name).write_bytes(b"\x89PNG this is not an image at all" * 4)
+            else:
+                shape = (S, S, 3) if rgb else (S, S)
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / name)
+            m = (masks or {}).get(i, _box_mask())
+            Image.fromarray(m).save(root / "masks" / name)
+            f.write(json.dumps({"file_name": name, "mask_file_name": f"masks/{name}", "class_id": 10 + i}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("imgs") / "data")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def test_items_from_files(folder, cache):
+    ds = InverseProblemDataset(source=str(folder), cache_dir=cache)
+    assert len(ds) == N
+    for k in range(N):
+        it = ds[k]
+        assert it["image"].shape == (1, S, S) and it["image"].dtype == torch.float32
+        assert it["mask"].shape == (1, S, S)
+        assert it["index"] == k and it["image_index"] == k
+        assert it["label"] == 10 + k
+        assert it["mask_name"] == "file"
+        assert Path(it["path"]).name == f"{k:03d}.png"
+        # the exact pixels of the file, mapped to [−1, 1]
+        raw = np.asarray(Image.open(folder / f"{k:03d}.png"), dtype=np.float32)
+        torch.testing.assert_close(it["image"][0], torch.from_numpy(raw) / 127.5 - 1)
+        assert it["image"].min() >= -1 and it["image"].max() <= 1
+        # the mask is the file's: white = observed (1), black = hole (0)
+        want = torch.from_numpy(_box_mask() > 0).float()[None]
+        assert torch.equal(it["mask"], want)
+    with pytest.raises(IndexError):
+        ds[N]
+    batch = collate([ds[0], ds[3]])
+    assert batch["image"].shape == (2, 1, S, S) and batch["index"].tolist() == [0, 3]
+    assert batch["label"].tolist() == [10, 13] and len(batch["path"]) == 2
+
+
+def test_channels_and_num_images(folder, cache):
+    ds = InverseProblemDataset(source=str(folder), cache_dir=cache, channels=3, num_images=2)
+    assert len(ds) == 2
+    it = ds[1]
+    assert it["image"].shape == (3, S, S)
+    assert torch.equal(it["image"][0], it["image"][2])   # grey → RGB copies the channel
+    # resized images with generated masks: the masks follow the new size
+    ds8 = InverseProblemDataset(source=str(folder), cache_dir=cache, image_size=8, masks=[BoxMask()])
+    it8 = ds8[0]
+    assert it8["image"].shape == (1, 8, 8) and it8["mask"].shape == (1, 8, 8)
+    # file masks are not resized: a clear error instead of a silent misalignment
+    ds8f = InverseProblemDataset(source=str(folder), cache_dir=cache, image_size=8)
+    with pytest.raises(ValueError, match=r"dataset index 0 \(mask file .*000\.png\).*does not match image size"):
+        ds8f[0]
+
+
+def test_generators_product(folder, cache):
+    gens = [BoxMask(size=0.5), HalfPlaneMask()]
+    ds = InverseProblemDataset(source=str(folder), cache_dir=cache, masks=gens, seed=3)
+    assert len(ds) == N * len(gens)
+    for k in range(len(ds)):
+        it = ds[k]
+        assert it["image_index"] == k % N and it["index"] == k
+        assert it["mask_name"] == gens[k // N].name
+        assert torch.equal(it["image"], ds[k % N]["image"])
+        assert torch.equal(it["mask"], gens[k // N](index=k, seed=3, size=(S, S)))
+        assert it["label"] == 10 + k % N
+    assert not torch.equal(ds[0]["mask"], ds[N]["mask"])   # box vs half-plane
+
+
+def test_seeding(folder, cache):
+    gens = [HalfPlaneMask(), BoxMask(size=0.4, random_position=True)]
+    a = InverseProblemDataset(source=str(folder), cache_dir=cache, masks=gens, seed=0)
+    b = InverseProblemDataset(source=str(folder), cache_dir=cache, masks=gens, seed=0)
+    c = InverseProblemDataset(source=str(folder), cache_dir=cache, masks=gens, seed=1)
+    for k in range(len(a)):
+        ia, ib = a[k], b[k]
+        assert torch.equal(ia["image"], ib["image"]) and torch.equal(ia["mask"], ib["mask"])
+        assert ia["label"] == ib["label"] and ia["path"] == ib["path"]
+    # different dataset indices draw different masks (half-plane angles, box positions)
+    for g in range(len(gens)):
+        masks = [a[g * N + i]["mask"] for i in range(N)]
+        assert len({m.numpy().tobytes() for m in masks}) > 1
+    # and a different global seed changes them
+    assert any(not torch.equal(a[k]["mask"], c[k]["mask"]) for k in range(len(a)))
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory) -> Path:
+    nonbinary = _box_mask()
+    nonbinary[0, :4] = 128
+    return make_folder(tmp_path_factory.mktemp("bad") / "data", n=6, garbage=(5,), masks={
+        1: _box_mask(8),                          # 8×8 mask for a 16×16 image
+        2: nonbinary,                             # grey values
+        3: np.zeros((S, S), np.uint8),            # all hole
+        4: np.full((S, S), 255, np.uint8),        # no hole
+    })
+
+
+@pytest.fixture(scope="module")
+def bad_ds(bad_folder, cache) -> InverseProblemDataset:
+    return InverseProblemDataset(source=str(bad_folder), cache_dir=cache)
+
+
+@pytest.mark.parametrize("k, pattern", [
+    (1, r"mask size \(8, 8\) does not match image size \(16, 16\)"),
+    (2, r"not binary"),
+    (3, r"no observed pixel"),
+    (4, r"no hole"),
+])
+def test_bad_masks_name_index_and_file(bad_ds, k, pattern):
+    assert bad_ds[0]["mask"].shape == (1, S, S)    # the good item of the same folder loads fine
+    with pytest.raises(ValueError, match=pattern) as info:
+        bad_ds[k]
+    msg = str(info.value)
+    assert f"dataset index {k}" in msg
+    assert re.search(rf"masks/{k:03d}\.png", msg), msg
+
+
+def test_unreadable_image(bad_ds):
+    with pytest.raises(ValueError, match="cannot read the image") as info:
+        bad_ds[5]
+    msg = str(info.value)
+    assert "dataset index 5" in msg and "005.png" in msg
+
+
+def test_missing_folder(tmp_path):
+    missing = tmp_path / "no_such_dataset"
+    with pytest.raises(DatasetNotFoundError) as info:
+        InverseProblemDataset(source=str(missing), cache_dir=str(tmp_path / "cache"))
+    assert str(missing) in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_hub_id_offline(tmp_path):
+    import os
+    import time
+
+    assert os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    start = time.perf_counter()
+    with pytest.raises(DatasetNotFoundError) as info:
+        InverseProblemDataset(source="vipaint-tests/no-such-dataset", cache_dir=str(tmp_path / "cache"))
+    assert time.perf_counter() - start < 10
+    msg = str(info.value)
+    assert "vipaint-tests/no-such-dataset" in msg
+    assert "HF_DATASETS_OFFLINE" in msg or "cache" in msg
+
+
+def test_folder_without_masks_needs_generators(tmp_path):
+    root = tmp_path / "nomask"
+    root.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((S, S), np.uint8)).save(root / f"{i}.png")
+    with pytest.raises(ValueError, match="no 'mask' column"):
+        InverseProblemDataset(source=str(root), cache_dir=str(tmp_path / "cache"))
+    ds = InverseProblemDataset(source=str(root), cache_dir=str(tmp_path / "cache"), masks=[BoxMask()])
+    assert len(ds) == 2 and ds[1]["label"] == -1
+
+
+# -- VIPaintModule._check ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def module():
+    from vipaint.module import VIPaintModule
+    from vipaint.priors import GaussianPrior
+
+    prior = GaussianPrior(torch.zeros(S * S), torch.eye(S * S), image_shape=(1, S, S))
+    return VIPaintModule(prior)
+
+
+def test_check_accepts_good_batch(module, folder, cache):
+    ds = InverseProblemDataset(source=str(folder), cache_dir=cache)
+    module._check(collate([ds[0], ds[1]]))   # no error
+
+
+def test_check_wrong_channels(module, tmp_path):
+    root = make_folder(tmp_path / "rgb", n=2, rgb=True)
+    ds = InverseProblemDataset(source=str(root), cache_dir=str(tmp_path / "cache"))
+    assert ds[1]["image"].shape == (3, S, S)
+    batch = collate([ds[0], ds[1]])
+    with pytest.raises(ValueError) as info:
+        module._check(batch)
+    msg = str(info.value)
+    assert "dataset index 0" in msg and "000.png" in msg and "channels" in msg
+    assert "(3, 16, 16)" in msg and "(1, 16, 16)" in msg
+
+
+def test_check_nan_pixels(module):
+    img = torch.zeros(2, 1, S, S)
+    img[1, 0, 3, 4] = float("nan")
+    mask = torch.ones(2, 1, S, S)
+    batch = {"image": img, "mask": mask, "index": torch.tensor([7, 42]), "path": ["a.png", "b.png"]}
+    with pytest.raises(ValueError, match="NaN") as info:
+        module._check(batch)
+    assert "dataset index 42" in str(info.value) and "b.png" in str(info.value)
+    img[1, 0, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match="dataset index 42"):
+        module._check(batch)
+
+
+def test_check_mask_size(module):
+    batch = {"image": torch.zeros(1, 1, S, S), "mask": torch.ones(1, 1, 8, 8), "index": torch.tensor([3]),
+             "path": ["c.png"]}
+    with pytest.raises(ValueError, match=r"dataset index 3 \(file c\.png\): mask shape"):
+        module._check(batch)
