@@ -93,7 +93,7 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_pixel_prior, tiny_imagefolde
     # Lightning gives each DDP rank a share of the cores
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     env.pop("MASTER_PORT", None)
-    results = []
+    results, summaries = [], []
     for devices in (1, 2):
         out = tmp_path / f"dev{devices}"
         cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, out, batch_size=1)
@@ -102,10 +102,12 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_pixel_prior, tiny_imagefolde
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(_samples(out))
-        assert json.loads((out / "metrics.json").read_text())["overall"]["n"] == 6
+        summaries.append(json.loads((out / "metrics.json").read_text()))
+        assert summaries[-1]["overall"]["n"] == 6
     assert results[0].keys() == results[1].keys() and len(results[0]) == 6
     for k in results[0]:
         np.testing.assert_array_equal(results[0][k], results[1][k])   # bit-identical, same per-process batch
+    assert summaries[0] == summaries[1]                                 # and so are the reported metrics
 
 
 def test_inpaint_single_image(tmp_path, tiny_pixel_prior, tiny_imagefolder):
