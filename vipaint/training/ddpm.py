@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 __all__ = ["DDPMTrainer", "ddim_sample", "save_grid", "write_model_index", "DEFAULT_UNET"]
 
@@ -111,7 +112,10 @@ class DDPMTrainer(L.LightningModule):
         sample_every_n_steps: log a DDIM sample grid (EMA weights) every N steps; 0 disables.
         sample_num, sample_steps: grid size and DDIM steps.
         vae_dir: folder with a trained `AutoencoderKL` (`save_pretrained` layout, `scaling_factor` set);
-            when given the UNet is trained on z = scaling_factor · E(x).mean, encoded on the fly.
+            when given the UNet is trained on z = scaling_factor · E(x).mean.
+        precompute_latents: with `vae_dir`, encode the datamodule's in-memory `train_set`
+            (a TensorDataset of images, as in `vipaint.training.data`) once at setup instead of
+            encoding every batch; other datamodules fall back to encoding on the fly.
         export_dtype: "float16" or "float32" for the exported safetensors.
     """
 
@@ -130,6 +134,7 @@ class DDPMTrainer(L.LightningModule):
         sample_num: int = 64,
         sample_steps: int = 50,
         vae_dir: str | None = None,
+        precompute_latents: bool = True,
         export_dtype: str = "float16",
     ) -> None:
         super().__init__()
@@ -146,6 +151,7 @@ class DDPMTrainer(L.LightningModule):
                                        beta_end=beta_end, beta_schedule=beta_schedule)
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
         self.ema_updates = 0
+        self._train_is_latent = False
 
     # -- data ----------------------------------------------------------------------------------
     @property
@@ -170,6 +176,21 @@ class DDPMTrainer(L.LightningModule):
         return self.vae.decode(z.float() / self.vae.config.scaling_factor).sample
 
     # -- training ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """With a VAE and `precompute_latents`, replace the train images by their latents once."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage != "fit" or self.vae is None or not self.hparams.precompute_latents or dm is None:
+            return
+        ds = getattr(dm, "train_set", None)
+        if not isinstance(ds, TensorDataset) or ds.tensors[0].shape[1:] == self.sample_shape:
+            self._train_is_latent = isinstance(ds, TensorDataset)
+            return
+        x = ds.tensors[0]
+        self.vae.to(self.device)
+        z = torch.cat([self.to_latent(c.to(self.device)).cpu() for c in x.split(500)])
+        dm.train_set = TensorDataset(z, *ds.tensors[1:])
+        self._train_is_latent = True
+
     def diffusion_loss(self, z0: Tensor) -> Tensor:
         """ε-prediction MSE at uniformly drawn timesteps."""
         t = torch.randint(0, self.hparams.num_train_timesteps, (z0.shape[0],), device=z0.device)
@@ -180,7 +201,7 @@ class DDPMTrainer(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        loss = self.diffusion_loss(self.to_latent(x))
+        loss = self.diffusion_loss(x if self._train_is_latent else self.to_latent(x))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 
