@@ -32,6 +32,7 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "SyntheticDataModule",
     "load_fashion_mnist",
     "load_mnist",
     "read_idx_gz",
@@ -79,6 +80,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes of Python-3 protocol-2 numpy pickles (str → bytes only)
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -86,6 +88,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}")
         if name == "_reconstruct":
             return _reconstruct
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         return getattr(np, name)
 
 
@@ -214,6 +220,23 @@ class MNISTDataModule(_ArrayDataModule):
 
     def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         return load_mnist(split, self.pickle_path, self.cache_dir)
+
+
+class SyntheticDataModule(_ArrayDataModule):
+    """Seeded random smooth blobs as uint8 28×28 images (smoke runs and tests; no files needed)."""
+
+    def __init__(self, n_train: int = 64, n_test: int = 16, seed: int = 0, batch_size: int = 16, num_workers: int = 0) -> None:
+        super().__init__(batch_size, num_workers, None, None)
+        self.n_train, self.n_test, self.seed = n_train, n_test, seed
+
+    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        n = self.n_train if split == "train" else self.n_test
+        rng = np.random.default_rng(self.seed + (split == "test"))
+        yy, xx = np.mgrid[0:28, 0:28]
+        cy, cx = rng.uniform(8, 20, (2, n, 1, 1))
+        r = rng.uniform(3, 9, (n, 1, 1))
+        img = 255.0 / (1.0 + np.exp(((yy - cy) ** 2 + (xx - cx) ** 2 - r**2) / 4.0))
+        return img.astype(np.uint8), rng.integers(0, 10, n)
 
 
 class _HFImageDataset(Dataset):
