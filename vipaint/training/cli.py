@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt is not None:
         print(f"[vipaint fit] resuming from {ckpt}", file=sys.stderr)
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
-    trainer.save_checkpoint(root / "checkpoints" / "last.ckpt")  # final state, so a rerun only re-exports
+    trainer.save_checkpoint(root / "checkpoints" / "last.ckpt", weights_only=False)  # final state, so a rerun only re-exports
     export_dir = cfg.get("export_dir")
     if export_dir and trainer.is_global_zero:
         out = cli.model.export(export_dir, cli.datamodule)

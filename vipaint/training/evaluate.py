@@ -50,8 +50,11 @@ def test_images(dataset: str, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50, seed: int = 0,
-             n_psnr: int = 10000, batch_size: int = 100) -> tuple[dict[str, Any], torch.Tensor]:
-    """Return (quality dict, generated images in [-1, 1])."""
+             n_psnr: int = 10000, batch_size: int = 100, cache_dir: str | Path | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+    """Return (quality dict, generated images in [-1, 1]).
+
+    `cache_dir`: where the real-image FID statistics of (dataset, n) are cached (None: no cache).
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from vipaint.training.autoencoder import psnr
@@ -80,8 +83,17 @@ def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50,
     t0 = time.time()
     real = test_images(dataset, max(n, n_psnr if vae is not None else 0))
     fid = FrechetInceptionDistance(feature=TFInceptionFeatures(), normalize=True)  # stats kept in float64 by torchmetrics
-    for chunk in real[:n].split(batch_size):
-        fid.update((chunk + 1) / 2, real=True)
+    keys = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+    cache = Path(cache_dir) / f"fid_real_{dataset}_test{n}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():  # real statistics depend only on (dataset, n)
+        for k, v in torch.load(cache, weights_only=True).items():
+            setattr(fid, k, v)
+    else:
+        for chunk in real[:n].split(batch_size):
+            fid.update((chunk + 1) / 2, real=True)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: getattr(fid, k) for k in keys}, cache)
     for chunk in imgs.split(batch_size):
         fid.update((chunk + 1) / 2, real=False)
     out.update({"fid": round(float(fid.compute()), 3), "fid_n_real": n, "fid_n_fake": n,
@@ -107,13 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n_psnr", type=int, default=10000, help="test images for autoencoder PSNR")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache_dir", default="runs/fid_cache", help="cache of real-image FID statistics ('' = none)")
     ap.add_argument("--out", default=None, help="output folder (default: --prior)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     dataset = a.dataset or ("mnist" if Path(a.prior).resolve().name.startswith("mnist") else "fashion_mnist")
     t0 = time.time()
-    q, imgs = evaluate(a.prior, dataset, a.n, a.steps, a.seed, a.n_psnr)
+    q, imgs = evaluate(a.prior, dataset, a.n, a.steps, a.seed, a.n_psnr, cache_dir=a.cache_dir or None)
     q["total_s"] = round(time.time() - t0, 1)
     q["hardware"] = f"CPU, torch threads={torch.get_num_threads()}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     out = Path(a.out or a.prior)
