@@ -144,11 +144,7 @@ def test_gaussian_exact_posterior_textbook(kind):
 
 @pytest.mark.parametrize("kind", [
     "inpainting",
-    pytest.param("sr-area", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG vipaint/priors/analytic.py exact_posterior: operator_matrix returns a single matrix [1, P, D] "
-        "for operators without per-image parameters (Downsample/GaussianBlur/Identity), so the posterior "
-        "covs come back as [1, J, D, D] while weights/means are [B, J(, D)]; GaussianMixture.sample then "
-        "indexes chol[b] and raises IndexError for b >= 1"))),
+    "sr-area",
 ])
 def test_exact_posterior_batch_shape(kind):
     """The posterior of a batch of B observations is a batch of B mixtures that can be sampled."""

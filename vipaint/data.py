@@ -106,7 +106,7 @@ class InverseProblemDataset(Dataset):
             if not self.masks and "mask" not in self.table.features:
                 raise ValueError(f"dataset '{source}' has no 'mask' column (metadata.jsonl with mask_file_name); "
                                  f"configure data.init_args.masks generators instead")
-        self.n_images = min(n, num_images) if num_images else n
+        self.n_images = min(n, num_images) if num_images is not None else n
         if self.n_images == 0:
             raise ValueError(f"dataset '{source}' is empty")
 

@@ -77,6 +77,8 @@ def edm_time_grid(alphas_cumprod: Tensor, start: int, n: int = 1000, rho: float 
     """Coarse grid G of discrete times for the prior loss (ALGORITHM.md §3a): an EDM ρ-schedule of n
     noise levels mapped to the nearest discrete VP time, deduplicated, restricted to times above
     `start`, with `start` prepended and the last time T−1 appended. Returns ascending long times."""
+    if not 0 <= start < len(alphas_cumprod) - 1:
+        raise ValueError(f"the prior-loss grid needs 0 <= T_e < T-1 = {len(alphas_cumprod) - 1}, got T_e = {start}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     sig = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     abar = alphas_cumprod.double().cpu()

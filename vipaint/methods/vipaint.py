@@ -66,8 +66,8 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     Returns the posterior, the objective trace [iterations, B], per-image failure flags [B] and reasons.
     An image whose objective or gradients turn non-finite is frozen and flagged.
     """
-    if max(cfg.keypoints) >= prior.num_timesteps:
-        raise ValueError(f"keypoints {cfg.keypoints} must lie below T = {prior.num_timesteps}")
+    if max(cfg.keypoints) >= prior.num_timesteps - 1 or min(cfg.keypoints) < 1:
+        raise ValueError(f"keypoints {cfg.keypoints} must lie in [1, T-1) with T = {prior.num_timesteps}")
     y_enc = prior.encode(initial_image(operator, y, prior.image_shape))
     post = HierarchicalPosterior.initialise(y_enc.detach(), prior, cfg.keypoints, rng, s_top=cfg.s_top,
                                             gamma_init=cfg.gamma_init, std_scale=cfg.std_scale)

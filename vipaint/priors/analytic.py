@@ -151,8 +151,9 @@ class GaussianMixturePrior(Prior):
 
     def exact_posterior(self, operator: LinearOperator, y: Tensor) -> GaussianMixture:
         """Exact posterior p(x | y) for y = A x + n, n ~ N(0, σ_y² I) (ALGORITHM.md §8), per image."""
-        A = operator_matrix(operator, self._shape).double().to(self.means.device)   # [B, P, D]
         yf = y.reshape(y.shape[0], -1).double().to(self.means.device)               # [B, P]
+        A = operator_matrix(operator, self._shape).double().to(self.means.device)   # [B or 1, P, D]
+        A = A.expand(yf.shape[0], -1, -1)
         s2 = max(operator.sigma_y, 1e-6) ** 2
         P = A.shape[1]
         AS = torch.einsum("bpd,jde->bjpe", A, self.covs)                            # A Σ_j
