@@ -36,7 +36,6 @@ def _config(tmp: Path, prior: str, images: str, out: Path, *, batch_size: int = 
             "enable_model_summary": False, "default_root_dir": str(out), "logger": False,
             "callbacks": [{"class_path": "vipaint.writer.PredictionWriter", "init_args": {"output_dir": str(out)}}],
         },
-        "return_predictions": False,
     }
     path = tmp / f"cfg_{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -191,11 +191,13 @@ class SyntheticMixturePrior(GaussianMixturePrior):
         length_scale, variance: covariance kernel over the pixel grid.
         separation: scale of the component means (larger: better separated modes).
         seed: seeds the means.
+        shared_fraction: the components' means agree on the left `shared_fraction` of the columns, so
+            an observation of that part alone leaves the mode ambiguous (0: all means differ everywhere).
     """
 
     def __init__(self, *, image_shape: tuple[int, int, int] = (1, 8, 8), n_components: int = 3,
                  length_scale: float = 2.0, variance: float = 0.1, separation: float = 0.6, seed: int = 0,
-                 num_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
+                 shared_fraction: float = 0.0, num_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02) -> None:
         g = torch.Generator().manual_seed(seed)
         cov = smooth_covariance(image_shape, length_scale=length_scale, variance=variance)
@@ -204,6 +206,11 @@ class SyntheticMixturePrior(GaussianMixturePrior):
         raw = (chol @ torch.randn(cov.shape[0], n_components, generator=g, dtype=torch.float64)).T
         means = separation * raw / raw.std(dim=1, keepdim=True).clamp_min(1e-8) if n_components > 1 \
             else 0.3 * separation * raw
+        means = means.reshape((n_components,) + tuple(image_shape)).clone()
+        k = int(round(image_shape[-1] * shared_fraction))
+        if k > 0:
+            means[..., :k] = means[0:1, ..., :k]
+        means = means.reshape(n_components, -1)
         super().__init__(torch.ones(n_components), means.clamp(-1, 1), cov[None].repeat(n_components, 1, 1),
                          image_shape=image_shape, num_timesteps=num_timesteps, beta_schedule=beta_schedule,
                          beta_start=beta_start, beta_end=beta_end)

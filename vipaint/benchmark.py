@@ -1,0 +1,258 @@
+"""Benchmark runner: several methods on the same prior, images, masks and seeds, then one table.
+
+    python -m vipaint.benchmark --spec benchmarks/fashion_mnist.yaml
+
+A spec names an experiment YAML (prior, data, masks), overrides, and the methods with their options.
+Each method runs through the same Lightning predict path as `vipaint predict` into
+`<out>/<method>/` (so an interrupted benchmark resumes), then the report adds distribution and
+diversity metrics computed from the written samples and writes `<out>/results.{md,csv,json}`,
+`<out>/metric_vs_nfe.png` and `<out>/panels.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+__all__ = ["main", "run_methods", "report"]
+
+
+def _cli(config: str, overrides: list[str]):  # noqa: ANN202
+    from lightning.pytorch.cli import LightningCLI
+
+    from vipaint.data import InverseProblemDataModule
+    from vipaint.module import VIPaintModule
+
+    return LightningCLI(VIPaintModule, InverseProblemDataModule, run=False,
+                        args=["--config", config, *overrides, "--trainer.logger=false"],
+                        trainer_defaults={"inference_mode": False}, save_config_callback=None)
+
+
+def run_methods(spec: dict, out: Path) -> dict[str, dict]:
+    """Run every method of the spec; returns {method: {"seconds": .., "computed": n_new_images}}."""
+    from vipaint.writer import PredictionWriter
+
+    cli = _cli(spec["config"], [str(o) for o in spec.get("overrides", [])])
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PredictionWriter))
+    timings: dict[str, dict] = {}
+    for name, opts in spec["methods"].items():
+        method = (opts or {}).pop("method", name) if isinstance(opts, dict) else name
+        cli.model.method, cli.model.method_options = method, dict(opts or {})
+        cli.model.hparams.method = method
+        writer.output_dir = out / name
+        for sub in ("samples", "panels", "metrics", "failed"):
+            (writer.output_dir / sub).mkdir(parents=True, exist_ok=True)
+        before = len(list((writer.output_dir / "metrics").glob("*.json")))
+        t0 = time.perf_counter()
+        cli.trainer.predict(cli.model, cli.datamodule, return_predictions=False)
+        seconds = time.perf_counter() - t0
+        computed = len(list((writer.output_dir / "metrics").glob("*.json"))) - before
+        tfile = writer.output_dir / "timing.json"
+        if computed > 0 and before == 0:      # a complete fresh run: its time per image is meaningful
+            tfile.write_text(json.dumps({"seconds": seconds, "images": computed,
+                                         "seconds_per_image": seconds / computed,
+                                         "threads": torch.get_num_threads(),
+                                         "device": str(cli.model.device)}))
+        timings[name] = json.loads(tfile.read_text()) if tfile.exists() else {}
+    return timings
+
+
+class _CachedFeatures(nn.Module):
+    """Wraps a feature network; identical input batches are computed once (real images are shared by
+    every method's FID and KID)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.cache = net, {}
+        self.num_features = getattr(net, "num_features", 2048)
+        self.label = getattr(net, "label", type(net).__name__)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = hashlib.sha1(x.detach().float().cpu().numpy().tobytes()).hexdigest()
+        if key not in self.cache:
+            self.cache[key] = self.net(x)
+        return self.cache[key]
+
+
+def _load(method_dir: Path) -> list[dict]:
+    items = []
+    for p in sorted((method_dir / "samples").glob("*.npz")):
+        with np.load(p) as z:
+            meta = json.loads((method_dir / "metrics" / f"{p.stem}.json").read_text())
+            items.append({"index": int(p.stem), "mask_name": meta["mask"], "meta": meta,
+                          **{k: torch.from_numpy(z[k]) for k in ("composite", "samples", "image", "mask")}})
+    return items
+
+
+def _distribution_metrics(items: list[dict], features: nn.Module | None, chunk: int = 64) -> dict:
+    from vipaint.metrics import make_fid, make_kid
+
+    if features is None or not items:
+        return {}
+    fake = torch.cat([it["composite"] for it in items])
+    real = torch.stack([it["image"] for it in items])
+    fid, kid = make_fid(features), make_kid(features, subset_size=1000)
+    for metric in (fid, kid):
+        for i in range(0, len(real), chunk):
+            metric.update(real[i:i + chunk], real=True)
+        for i in range(0, len(fake), chunk):
+            metric.update(fake[i:i + chunk], real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
+            "kid_subset": kid.subset_size_used, "n_fake": len(fake), "n_real": len(real)}
+
+
+def _per_item_metrics(items: list[dict], perceptual) -> dict:  # noqa: ANN001
+    from vipaint.metrics import hole_std, pairwise_diversity, per_sample, psnr
+
+    out: dict[str, list[float]] = {"diversity_l2": [], "hole_std": [], "psnr_best": [], "psnr_mean": []}
+    if perceptual is not None:
+        out["diversity_perceptual"] = []
+    for it in items:
+        s, x, m = it["composite"][:, None], it["image"][None], it["mask"][None]
+        p = per_sample(psnr, s, x)[:, 0]
+        out["psnr_best"].append(float(p.max()))
+        out["psnr_mean"].append(float(p.mean()))
+        if s.shape[0] >= 2:
+            out["diversity_l2"].append(float(pairwise_diversity(s)[0]))
+            out["hole_std"].append(float(hole_std(s, m)[0]))
+            if perceptual is not None:
+                out["diversity_perceptual"].append(float(pairwise_diversity(s, perceptual)[0]))
+    return {k: float(np.nanmean(v)) if v else float("nan") for k, v in out.items()}
+
+
+def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool = True,
+           perceptual_kind: str = "auto") -> list[dict]:
+    """Build the comparison table from `<out>/<method>/`."""
+    from vipaint.metrics import default_inception, perceptual_metric
+
+    features, feat_label = None, "FID/KID skipped"
+    if fid:
+        try:
+            net, feat_label = default_inception()
+            features = _CachedFeatures(net) if isinstance(net, nn.Module) else None
+        except FileNotFoundError as err:
+            feat_label = f"FID/KID skipped: {err}"
+    perceptual, perc_label = perceptual_metric(perceptual_kind)
+    rows = []
+    for name in methods:
+        items = _load(out / name)
+        masks = sorted({it["mask_name"] for it in items})
+        for mask in masks + ["all"]:
+            sel = [it for it in items if mask in ("all", it["mask_name"])]
+            if not sel:
+                continue
+            metas = [it["meta"] for it in sel]
+            row = {"method": name, "mask": mask, "images": len(sel),
+                   "nfe": metas[0].get("nfe"), "backprops": metas[0].get("n_backprop")}
+            for key in ("psnr", "ssim", "psnr_hole", "exact_mean_rmse", "exact_std_ratio", "sliced_w2",
+                        "mode_weight_error", "coverage90", "coverage90_exact"):
+                vals = [m[key] for m in metas if key in m]
+                if vals:
+                    row[key] = float(np.mean(vals))
+            row.update(_per_item_metrics(sel, perceptual))
+            row.update(_distribution_metrics(sel, features))
+            row["s_per_image"] = timings.get(name, {}).get("seconds_per_image", float("nan"))
+            rows.append(row)
+    _write(out, rows, feat_label, perc_label)
+    _plots(out, rows, methods)
+    return rows
+
+
+def _write(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "features": feat_label,
+                                                  "perceptual": perc_label}, indent=2))
+    shown = [c for c in ("method", "mask", "images", "nfe", "backprops", "exact_mean_rmse", "exact_std_ratio",
+                         "sliced_w2", "mode_weight_error", "coverage90", "fid", "kid", "psnr", "psnr_hole",
+                         "ssim", "psnr_best", "diversity_l2", "hole_std", "diversity_perceptual",
+                         "s_per_image") if c in cols]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else ("–" if v is None or (  # noqa: E731
+        isinstance(v, float) and math.isnan(v)) else str(v))
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in shown) + " |" for r in rows]
+    lines += ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _plots(out: Path, rows: list[dict], methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    allrows = [r for r in rows if r["mask"] == "all"]
+    keys = [k for k in ("sliced_w2", "kid", "psnr", "diversity_l2") if any(k in r for r in allrows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+    for ax, key in zip(np.atleast_1d(axes), keys):
+        for r in allrows:
+            ax.scatter(r["nfe"], r.get(key, float("nan")), s=30)
+            ax.annotate(r["method"], (r["nfe"], r.get(key, float("nan"))), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("network passes per sample (NFE)")
+        ax.set_ylabel(key)
+    fig.tight_layout()
+    fig.savefig(out / "metric_vs_nfe.png", dpi=100)
+    plt.close(fig)
+    first = sorted((out / methods[0] / "panels").glob("*.png"))[:3]
+    tiles = [[Image.open(out / m / "panels" / p.name) for p in first if (out / m / "panels" / p.name).exists()]
+             for m in methods]
+    tiles = [t for t in tiles if t]
+    if tiles:
+        w = max(sum(im.width for im in row) + 8 * len(row) for row in tiles)
+        h = sum(row[0].height + 6 for row in tiles)
+        canvas = Image.new("RGB", (w + 90, h), "white")
+        from PIL import ImageDraw
+
+        draw, y = ImageDraw.Draw(canvas), 0
+        for m, row in zip(methods, tiles):
+            draw.text((4, y + row[0].height // 2 - 6), m, fill="black")
+            x = 90
+            for im in row:
+                canvas.paste(im, (x, y))
+                x += im.width + 8
+            y += row[0].height + 6
+        canvas.save(out / "panels.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vipaint.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", required=True, help="benchmark YAML (config, overrides, methods, out)")
+    p.add_argument("--only", nargs="*", help="run only these methods of the spec")
+    p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is slow)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the tables from existing outputs")
+    args = p.parse_args(argv)
+    spec = yaml.safe_load(Path(args.spec).read_text())
+    if args.only:
+        spec["methods"] = {k: v for k, v in spec["methods"].items() if k in args.only}
+    out = Path(spec.get("out", f"results/benchmarks/{Path(args.spec).stem}"))
+    out.mkdir(parents=True, exist_ok=True)
+    methods = list(spec["methods"])
+    if args.report_only:
+        timings = {m: json.loads((out / m / "timing.json").read_text()) if (out / m / "timing.json").exists()
+                   else {} for m in methods}
+    else:
+        timings = run_methods({**spec, "methods": {k: dict(v or {}) for k, v in spec["methods"].items()}}, out)
+    report(out, methods, timings, fid=not args.no_fid and spec.get("fid", True),
+           perceptual_kind=spec.get("perceptual", "auto"))
+    print(f"\nwrote {out}/results.md, results.csv, metric_vs_nfe.png, panels.png")
+
+
+if __name__ == "__main__":
+    main()
