@@ -63,8 +63,8 @@ def _load_hf(source: str, split: str, cache_dir: str | None):
             if source.startswith((".", "/", "~", "data/")):
                 raise DatasetNotFoundError(
                     f"dataset folder '{source}' does not exist. Create it with images (and an optional "
-                    f"metadata.jsonl with mask_file_name/class_id columns), or set data.init_args.source.")
-            ds = datasets.load_dataset(source, cache_dir=cache_dir)
+                    f"metadata.jsonl with mask_file_name/class_id columns), or set data.source.")
+            ds = {split: datasets.load_dataset(source, split=split, cache_dir=cache_dir)}  # only that split
     except DatasetNotFoundError:
         raise
     except Exception as err:  # datasets raises many types offline (ConnectionError, FileNotFoundError...)
@@ -72,7 +72,7 @@ def _load_hf(source: str, split: str, cache_dir: str | None):
             f"dataset '{source}' could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:300]}).\n"
             f"  * Hub datasets need a network or a filled cache ($HF_HOME / HF_DATASETS_CACHE); with "
             f"HF_DATASETS_OFFLINE=1 nothing is downloaded.\n  * Or download the images elsewhere, copy "
-            f"them into a folder and set data.init_args.source to that folder.") from err
+            f"them into a folder and set data.source to that folder.") from err
     if split not in ds:
         if len(ds) == 1:
             split = next(iter(ds))
@@ -105,7 +105,7 @@ class InverseProblemDataset(Dataset):
                 raise ValueError(f"dataset '{source}' has no 'image' column (columns: {list(self.table.features)})")
             if not self.masks and "mask" not in self.table.features:
                 raise ValueError(f"dataset '{source}' has no 'mask' column (metadata.jsonl with mask_file_name); "
-                                 f"configure data.init_args.masks generators instead")
+                                 f"configure data.masks generators instead")
         self.n_images = min(n, num_images) if num_images is not None else n
         if self.n_images == 0:
             raise ValueError(f"dataset '{source}' is empty")
@@ -146,7 +146,7 @@ class InverseProblemDataset(Dataset):
             m = load_image(msrc, where=where, channels=1)
             if tuple(m.shape[-2:]) != size:
                 raise ValueError(f"{where}: mask size {tuple(m.shape[-2:])} does not match image size {size} "
-                                 f"(image {path}); resize the mask or set data.init_args.image_size to None")
+                                 f"(image {path}); resize the mask or set data.image_size to None")
             m, name = check_mask((m + 1) / 2, where=where), "file"
         return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
                 "path": path}

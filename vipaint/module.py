@@ -72,7 +72,7 @@ class VIPaintModule(L.LightningModule):
         for b, (x, m) in enumerate(zip(batch["image"], batch["mask"])):
             where = f"dataset index {int(batch['index'][b])} (file {batch['path'][b]})"
             if tuple(x.shape) != want:
-                hint = ("set data.init_args.channels" if x.shape[0] != want[0] else "set data.init_args.image_size")
+                hint = ("set data.channels" if x.shape[0] != want[0] else "set data.image_size")
                 raise ValueError(f"{where}: image shape {tuple(x.shape)} does not match the prior's "
                                  f"{want}; {hint}")
             if not torch.isfinite(x).all():
