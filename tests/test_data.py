@@ -18,14 +18,6 @@ from vipaint.masks import BoxMask, HalfPlaneMask
 N, S = 4, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core runners (this module ran
-    2 s with one thread vs 33 s with the default under load); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _box_mask(size: int = S) -> np.ndarray:

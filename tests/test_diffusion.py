@@ -20,14 +20,6 @@ AB = make_alphas_cumprod(1000)                    # DDPM linear schedule, float6
 PAIRS = [(1, 0), (10, 9), (400, 399), (550, 400), (999, 550), (999, 0), (700, 100)]   # (t, s), s < t
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core runners (this module ran
-    2 s with one thread vs 33 s with the default under load); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _g(seed: int) -> torch.Generator:

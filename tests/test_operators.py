@@ -14,14 +14,6 @@ SHAPES = [(1, 8, 8), (3, 8, 8), (1, 16, 16), (3, 16, 16)]
 EXACT = {"inpainting", "identity", "down2-area", "down4-area"}  # closed-form A⁺; the rest use CG
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core runners (this module ran
-    2 s with one thread vs 33 s with the default under load); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_op(name: str, shape: tuple[int, int, int], *, sigma_y: float = 0.05, seed: int = 0) -> LinearOperator:

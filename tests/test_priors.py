@@ -19,14 +19,6 @@ F64 = torch.float64
 SHAPE = (1, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: intra-op threads only add contention on the shared 2-core runners (measured
-    0.05 s vs 2.8 s per UNet test under load); restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 D = 16
 
 
