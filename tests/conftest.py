@@ -73,3 +73,30 @@ def tiny_pixel_prior(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_tiny_imagefolder(tmp_path_factory.mktemp("tiny_images"))
+
+
+def build_tiny_latent_prior(root: "os.PathLike[str] | str", *, seed: int = 0) -> str:
+    """A tiny latent prior: AutoencoderKL (1×16×16 ↔ 2×8×8) + latent UNet + DDPM scheduler."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
+                          block_out_channels=(8, 16), norm_num_groups=4,
+                          down_block_types=("DownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(os.path.join(root, "unet"))
+    diffusers.AutoencoderKL(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16),
+                            layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16
+                            ).save_pretrained(os.path.join(root, "vae"))
+    diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(os.path.join(root, "scheduler"))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_prior(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_latent_prior(tmp_path_factory.mktemp("tiny_latent_prior"))
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder16(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_imagefolder(tmp_path_factory.mktemp("tiny_images16"), size=16)
