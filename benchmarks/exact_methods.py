@@ -7,7 +7,7 @@ defaults (DPS ζ = 0.5 inpainting / 0.3 SR and blur); VIPaint with exact-posteri
 Columns: RMS error over pixels of the sample mean against the exact posterior mean (mean over images);
 the same for the prior mean; std ratio = RMS per-pixel sample std / RMS exact posterior std (1 = right
 spread; mean over images); network passes per sample; wall-clock seconds (CPU, noisy; compare within
-one run only). Writes results/benchmarks/exact_methods.{md,csv}.
+one run only). Writes benchmarks/results/exact_methods.{md,csv}.
 
     nice python -m benchmarks.exact_methods [--methods dps,ddnm] [--tasks sr] [--fast]
 """
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--fast", action="store_true", help="few steps per method (smoke run)")
-    p.add_argument("--out", default="results/benchmarks/exact_methods")
+    p.add_argument("--out", default="benchmarks/results/exact_methods")
     args = p.parse_args(argv)
     rows = []
     for task in args.tasks.split(","):
