@@ -23,8 +23,8 @@ export HF_HUB_OFFLINE=1
 cpu=()
 if [[ "${GPU:-0}" != 1 ]]; then
   case "$name" in
-    fashion_mnist) cpu=(--num_threads 1 --trainer.max_steps 9000 --data.init_args.batch_size 64) ;;
-    mnist)         cpu=(--num_threads 1 --trainer.max_steps 5000 --data.init_args.batch_size 64) ;;
+    fashion_mnist) cpu=(--num_threads 1 --trainer.max_steps 4500 --data.init_args.batch_size 64) ;;
+    mnist)         cpu=(--num_threads 1 --trainer.max_steps 3000 --data.init_args.batch_size 64) ;;
     fashion_mnist_vae)    cpu=(--num_threads 1 --trainer.max_steps 4000) ;;
     fashion_mnist_latent) cpu=(--num_threads 1 --trainer.max_steps 12000) ;;
     *) echo "unknown prior: $name" >&2; exit 2 ;;

