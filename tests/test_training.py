@@ -149,7 +149,7 @@ def test_cli_fit_resume_export_reload(tmp_path: Path) -> None:
 
 def test_autoencoder_and_latent_prior_export(tmp_path: Path) -> None:
     import lightning as L
-    from diffusers import AutoencoderKL, UNet2DModel
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
     from vipaint.training.autoencoder import AutoencoderTrainer
     from vipaint.training.ddpm import DDPMTrainer
@@ -177,6 +177,7 @@ def test_autoencoder_and_latent_prior_export(tmp_path: Path) -> None:
     u = UNet2DModel.from_pretrained(out, subfolder="unet")
     v = AutoencoderKL.from_pretrained(out, subfolder="vae")
     assert u.config.in_channels == 2 and v.config.scaling_factor == pytest.approx(sf)
+    assert DDPMScheduler.from_pretrained(out, subfolder="scheduler").config.clip_sample is False  # latents unclipped
     z = torch.randn(1, 2, 16, 16)
     x = v.decode(u(z, torch.tensor([3])).sample / v.config.scaling_factor).sample
     assert x.shape == (1, 1, 32, 32) and torch.isfinite(x).all()

@@ -107,6 +107,9 @@ class DDPMTrainer(L.LightningModule):
     Args:
         unet: keyword arguments of `UNet2DModel` (defaults: `DEFAULT_UNET`, 1×32×32, ≈3.1 M params).
         num_train_timesteps, beta_start, beta_end, beta_schedule: `DDPMScheduler` settings.
+        clip_sample: the scheduler's x̂0 clipping to [-1, 1] when sampling; None = True for pixel
+            priors, False for latent priors (latents are not confined to [-1, 1]; clipping them
+            destroys the samples). Training is unaffected.
         lr, weight_decay, warmup_steps: optimiser.
         ema_decay: EMA target decay (with the warm-up above).
         sample_every_n_steps: log a DDIM sample grid (EMA weights) every N steps; 0 disables.
@@ -126,6 +129,7 @@ class DDPMTrainer(L.LightningModule):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
+        clip_sample: bool | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
@@ -147,8 +151,10 @@ class DDPMTrainer(L.LightningModule):
             cfg["in_channels"] = cfg["out_channels"] = self.vae.config.latent_channels
         self.unet = UNet2DModel(**cfg)
         self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        if clip_sample is None:
+            clip_sample = self.vae is None
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
-                                       beta_end=beta_end, beta_schedule=beta_schedule)
+                                       beta_end=beta_end, beta_schedule=beta_schedule, clip_sample=clip_sample)
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
         self.ema_updates = 0
         self._train_is_latent = False
