@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED ?= 1
 
-DATASET ?= gaussian_mixture
+DATASET ?= fashion_mnist
 METHOD ?=
 ARGS ?=
 PRIOR ?= fashion_mnist
