@@ -153,3 +153,15 @@ def test_every_method_through_the_cli(tmp_path, kind, method, tiny_pixel_prior, 
     assert len(samples) == 4 and all(v.shape == (2, 1, size, size) and np.isfinite(v).all() for v in samples.values())
     rec = json.loads((out / "metrics" / "000000.json").read_text())
     assert rec["nfe"] > 0 and "psnr" in rec
+
+
+def test_output_folder_per_method(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    """`{method}` in the writer's folder keeps runs of different methods apart (no false resume)."""
+    cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, tmp_path / "unused")
+    text = cfg.read_text().replace(f"output_dir: {tmp_path / 'unused'}", f"output_dir: {tmp_path / 'exp'}/{{method}}")
+    cfg.write_text(text)
+    for method in ("vipaint", "ddnm"):
+        main(["predict", "--config", str(cfg), "--data.num_images=1", f"--model.method={method}",
+              f"--model.method_options={json.dumps(FAST[method])}"])
+    assert len(list((tmp_path / "exp" / "vipaint" / "metrics").glob("*.json"))) == 2
+    assert len(list((tmp_path / "exp" / "ddnm" / "metrics").glob("*.json"))) == 2

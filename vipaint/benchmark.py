@@ -49,9 +49,8 @@ def run_methods(spec: dict, out: Path) -> dict[str, dict]:
         method = (opts or {}).pop("method", name) if isinstance(opts, dict) else name
         cli.model.method, cli.model.method_options = method, dict(opts or {})
         cli.model.hparams.method = method
-        writer.output_dir = out / name
-        for sub in ("samples", "panels", "metrics", "failed"):
-            (writer.output_dir / sub).mkdir(parents=True, exist_ok=True)
+        writer.template = str(out / name)
+        writer.set_output_dir(out / name)
         before = len(list((writer.output_dir / "metrics").glob("*.json")))
         t0 = time.perf_counter()
         cli.trainer.predict(cli.model, cli.datamodule, return_predictions=False)

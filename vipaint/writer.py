@@ -34,17 +34,30 @@ class PredictionWriter(BasePredictionWriter):
     """Writes each image's outputs as soon as its batch is done; skips indices already written.
 
     Args:
-        output_dir: the run folder (e.g. results/fashion_mnist).
+        output_dir: the run folder; `{method}` is replaced by the module's method name
+            (e.g. results/fashion_mnist/{method}).
         max_panel_samples: samples shown per panel.
         log_images: number of panels logged to the logger.
     """
 
-    def __init__(self, output_dir: str = "results/run", *, max_panel_samples: int = 4, log_images: int = 16) -> None:
+    def __init__(self, output_dir: str = "results/{method}", *, max_panel_samples: int = 4, log_images: int = 16) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.template = str(output_dir)
         self.max_panel_samples, self.log_images = max_panel_samples, log_images
-        for sub in ("samples", "panels", "metrics", "failed"):
-            (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.set_output_dir(self.template.replace("{method}", "_pending") if "{method}" in self.template
+                            else self.template, create="{method}" not in self.template)
+
+    def set_output_dir(self, path: str | Path, *, create: bool = True) -> None:
+        self.output_dir = Path(path)
+        if create:
+            for sub in ("samples", "panels", "metrics", "failed"):
+                (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
+        """Resolve `{method}` in the output folder from the module, so runs of different methods on the
+        same experiment never share (or wrongly resume from) one folder."""
+        if "{method}" in self.template:
+            self.set_output_dir(self.template.format(method=getattr(pl_module, "method", "run")))
 
     def is_done(self, index: int) -> bool:
         return (self.output_dir / "metrics" / f"{index:06d}.json").exists()
