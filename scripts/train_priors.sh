@@ -26,7 +26,7 @@ if [[ "${GPU:-0}" != 1 ]]; then
     fashion_mnist) cpu=(--num_threads 1 --trainer.max_steps 4500 --data.init_args.batch_size 64) ;;
     mnist)         cpu=(--num_threads 1 --trainer.max_steps 3000 --data.init_args.batch_size 64) ;;
     fashion_mnist_vae)    cpu=(--num_threads 1 --trainer.max_steps 4000) ;;
-    fashion_mnist_latent) cpu=(--num_threads 1 --trainer.max_steps 12000) ;;
+    fashion_mnist_latent) cpu=(--num_threads 1 --trainer.max_steps 5000) ;;
     *) echo "unknown prior: $name" >&2; exit 2 ;;
   esac
 fi
