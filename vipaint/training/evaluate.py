@@ -1,13 +1,14 @@
 """Measure a shipped prior: FID of unconditional samples vs test images (+ autoencoder PSNR).
 
-    python -m vipaint.training.evaluate --prior data/priors/fashion_mnist --n 500 --out data/priors/fashion_mnist/
+    python -m vipaint.training.evaluate --prior data/priors/fashion_mnist --n 500 [--floor] --out data/priors/fashion_mnist/
 
 Loads the prior exactly as the runtime does (`from_pretrained` on `unet/`, `scheduler/`, optional
 `vae/`), draws `n` samples with deterministic DDIM (η = 0, `--steps` steps, seed `--seed`), and
 compares them with the first `n` images of the dataset's TEST split through
 `torchmetrics.image.fid.FrechetInceptionDistance(feature=TFInceptionFeatures())` (float64 stats).
 For latent priors it also reports the reconstruction PSNR (data_range 2, images in [-1, 1]) of
-the first `--n_psnr` test images through E(x).mean → D. Writes `quality.json` and `samples.png`.
+the first `--n_psnr` test images through E(x).mean → D; `--floor` adds the FID of test[n:2n] vs
+test[:n] (what real data scores at this n). Writes `quality.json` and `samples.png`.
 """
 
 from __future__ import annotations
