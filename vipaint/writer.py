@@ -5,6 +5,9 @@ Files under `output_dir` (written by the rank that processed the image, atomical
     panels/<index>.png    observation | samples | ground truth
     metrics/<index>.json  per-image metrics (written last: its presence marks the index as done)
     failed/<index>.json   the reason an image failed (a rerun retries it)
+    settings.json         what determines the results (method, options, prior, operator, data, masks,
+                          seeds); a rerun into the same folder with other settings stops with an error
+                          instead of mixing results (batch size, device count and num_images may change)
 At the end of the epoch, after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json`
 (means per mask type and overall) and an ELBO-curve plot from the files, and logs them to the logger.
 Since the report is built from files, a resumed or multi-GPU run reports every index exactly once.
@@ -12,11 +15,13 @@ Since the report is built from files, a resumed or multi-GPU run reports every i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vipaint.report import build_report, panel
@@ -58,6 +63,8 @@ class PredictionWriter(BasePredictionWriter):
         same experiment never share (or wrongly resume from) one folder."""
         if "{method}" in self.template:
             self.set_output_dir(self.template.format(method=getattr(pl_module, "method", "run")))
+        if stage == "predict":
+            check_settings(self.output_dir, run_settings(pl_module, getattr(trainer, "datamodule", None)))
 
     def is_done(self, index: int) -> bool:
         return (self.output_dir / "metrics" / f"{index:06d}.json").exists()
@@ -97,7 +104,56 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             report = build_report(self.output_dir)
             _log(trainer, report, self.output_dir, self.log_images)
+            n_failed = len(list((self.output_dir / "failed").glob("*.json")))
+            print(f"\n[vipaint] {self.output_dir}: {report['overall'].get('n', 0)} images done"
+                  + (f", {n_failed} failed (see failed/)" if n_failed else "")
+                  + f"; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n"
+                  + ((self.output_dir / "metrics.md").read_text() if (self.output_dir / "metrics.md").exists() else ""))
         trainer.strategy.barrier()
+
+
+def _prior_id(prior) -> dict:  # noqa: ANN001
+    """A prior is identified by its folder / Hub id when it has one, else by a hash of its tensors."""
+    if getattr(prior, "path", None):
+        return {"class": type(prior).__name__, "path": str(prior.path)}
+    h = hashlib.sha1()
+    for k, v in sorted(prior.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return {"class": type(prior).__name__, "sha1": h.hexdigest()}
+
+
+def run_settings(pl_module, datamodule=None) -> dict:  # noqa: ANN001
+    """Everything that changes an image's results, JSON-ready: not the batch size, device count or
+    num_images (results do not depend on them, and adding images to a run is a valid resume)."""
+    hp = {k: v for k, v in dict(getattr(pl_module, "hparams", {})).items() if k not in ("method", "method_options")}
+    out = {"method": getattr(pl_module, "method", None),
+           "method_options": dict(getattr(pl_module, "method_options", {}) or {}),
+           "module": hp}
+    prior = getattr(pl_module, "prior", None)
+    if prior is not None:
+        out["prior"] = _prior_id(prior)
+    if datamodule is not None and hasattr(datamodule, "hparams"):
+        dh = dict(datamodule.hparams)
+        out["data"] = {k: dh.get(k) for k in ("source", "split", "image_size", "channels", "seed")}
+        out["data"]["masks"] = [repr(m) for m in (getattr(datamodule, "masks", None) or [])]
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def check_settings(output_dir: Path, settings: dict) -> None:
+    """Writes `settings.json` on the first run; on a rerun, stops if the folder holds results of other
+    settings (a resume must not mix them)."""
+    f = Path(output_dir) / "settings.json"
+    if f.exists():
+        old = json.loads(f.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            detail = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}" for k in diff)
+            raise RuntimeError(f"{output_dir} holds results made with other settings ({detail}). "
+                               f"Delete the folder or write to another output_dir.")
+        return
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    _atomic(f, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
 
 
 def _log(trainer, report: dict, out: Path, n_images: int) -> None:  # noqa: ANN001
