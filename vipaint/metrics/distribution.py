@@ -94,20 +94,24 @@ class KID(KernelInceptionDistance):
     label: str = ""
     requested_subset_size: int = 1000
     subset_size_used: int | None = None
+    subset_seed: int = 0
 
     def update(self, imgs: Tensor, real: bool) -> None:
         """Add a batch of [B, 1|3, H, W] images in [−1, 1] to the real or generated features."""
         super().update(to_unit_rgb(imgs), real)
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        """(KID mean, KID std) over the subsets, with subset size min(requested, #real, #generated)."""
+        """(KID mean, KID std) over the subsets, with subset size min(requested, #real, #generated); the
+        subsets are drawn from a generator seeded with ``subset_seed``, so the value is reproducible."""
         n_real = dim_zero_cat(self.real_features).shape[0] if len(self.real_features) else 0
         n_fake = dim_zero_cat(self.fake_features).shape[0] if len(self.fake_features) else 0
         size = min(self.requested_subset_size, n_real, n_fake)
         if size < 2:
             raise RuntimeError(f"KID needs at least 2 real and 2 generated images, got {n_real} and {n_fake}")
         self.subset_size = self.subset_size_used = size
-        return super().compute()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.subset_seed)
+            return super().compute()
 
 
 def make_fid(feature: nn.Module | None = None, reset_real_features: bool = True) -> FID:

@@ -1,0 +1,101 @@
+"""The benchmark runner end to end on a tiny prior: same problems for every method, tables, resume,
+report-only, extra overrides and the settings guard."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import vipaint.metrics
+from vipaint import benchmark
+
+
+class _TinyFeatures(nn.Module):
+    """A fixed random projection standing in for Inception (FID/KID need only a feature map)."""
+
+    num_features = 6
+    label = "tiny test features"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3 * 8 * 8, 6)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(6, 3 * 8 * 8, generator=torch.Generator().manual_seed(0)))
+            self.proj.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.interpolate(x.float(), size=(8, 8)).flatten(1))
+
+
+def _spec(tmp_path, prior, images) -> tuple:
+    cfg = {
+        "seed_everything": 0,
+        "model": {"prior": {"class_path": "vipaint.priors.DiffusersPrior", "init_args": {"path": prior}},
+                  "method": "vipaint", "n_samples": 2, "seed": 1, "sigma_y": 0.05},
+        "data": {"source": images, "num_images": 3, "batch_size": 4, "seed": 1, "channels": 1,
+                 "cache_dir": str(tmp_path / "hf-cache"),
+                 "masks": [{"class_path": "vipaint.masks.BoxMask"}, {"class_path": "vipaint.masks.FreeFormMask"}]},
+        "trainer": {"accelerator": "cpu", "devices": 1, "inference_mode": False, "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path / "root"),
+                    "callbacks": [{"class_path": "vipaint.writer.PredictionWriter",
+                                   "init_args": {"output_dir": str(tmp_path / "unused")}}]},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bench"
+    spec = {"config": str(tmp_path / "exp.yaml"), "out": str(out), "fid": True,
+            "overrides": ["--data.num_images=2"],
+            "methods": {"vipaint": {"iterations": 2, "n_mc": 2, "refine_steps": 3},
+                        "dps": {"n_steps": 4}, "prior": {"n_steps": 4}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return tmp_path / "spec.yaml", out
+
+
+def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_prior, tiny_imagefolder,
+                                                           monkeypatch):
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (_TinyFeatures(), _TinyFeatures.label))
+    spec, out = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)
+    benchmark.main(["--spec", str(spec), "--data.num_images=3"])       # the CLI flag beats the spec's 2
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["method"], r["mask"]) for r in rows] == [
+        (m, k) for m in ("vipaint", "dps", "prior") for k in ("box", "freeform", "all")]
+    assert all(int(r["images"]) == (6 if r["mask"] == "all" else 3) for r in rows)
+    nfe = {r["method"]: int(r["nfe"]) for r in rows}
+    assert nfe["dps"] == 4 and nfe["prior"] == 4 and nfe["vipaint"] > 4
+    for r in rows:
+        for key in ("psnr", "ssim", "psnr_hole", "diversity_l2", "s_per_image", "fid", "kid"):
+            assert np.isfinite(float(r[key])), (r["method"], key)
+    assert "tiny test features" in (out / "results.md").read_text()
+    for f in ("metric_vs_nfe.png", "panels.png", "results.json"):
+        assert (out / f).stat().st_size > 0
+
+    # the same ground truths, masks and observations for every method
+    for i in range(6):
+        ref = np.load(out / "vipaint" / "samples" / f"{i:06d}.npz")
+        for m in ("dps", "prior"):
+            other = np.load(out / m / "samples" / f"{i:06d}.npz")
+            for key in ("image", "mask", "y"):
+                np.testing.assert_array_equal(ref[key], other[key])
+
+    # report-only rebuilds the same table from the files; a rerun resumes (nothing recomputed)
+    before = (out / "results.csv").read_text()
+    benchmark.main(["--spec", str(spec), "--report-only"])
+    assert (out / "results.csv").read_text() == before
+    mtime = (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns
+    benchmark.main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
+    assert (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns == mtime
+    assert json.loads((out / "dps" / "timing.json").read_text())["images"] == 6
+
+    # other settings into the same folder stop instead of mixing results
+    with pytest.raises(RuntimeError, match="other settings"):
+        benchmark.main(["--spec", str(spec), "--only", "dps", "--model.sigma_y=0.2"])
+
+
+def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    spec, _ = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--spec", str(spec), "--bogus"])
