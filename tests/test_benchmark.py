@@ -70,6 +70,8 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
         for key in ("psnr", "ssim", "psnr_hole", "diversity_l2", "s_per_image", "fid", "kid"):
             assert np.isfinite(float(r[key])), (r["method"], key)
     assert "tiny test features" in (out / "results.md").read_text()
+    summary = (out / "summary.md").read_text().splitlines()
+    assert len(summary) == 2 + 3 and summary[2].startswith("| vipaint | 6 |")
     for f in ("metric_vs_nfe.png", "panels.png", "results.json"):
         assert (out / f).stat().st_size > 0
 

@@ -5,7 +5,7 @@
 A spec names an experiment YAML (prior, data, masks), overrides, and the methods with their options.
 Each method runs through the same Lightning predict path as `vipaint predict` into
 `<out>/<method>/` (so an interrupted benchmark resumes), then the report adds distribution and
-diversity metrics computed from the written samples and writes `<out>/results.{md,csv,json}`,
+diversity metrics computed from the written samples and writes `<out>/results.{md,csv,json}`, `<out>/summary.md`,
 `<out>/metric_vs_nfe.png` and `<out>/panels.png`.
 """
 
@@ -189,6 +189,11 @@ def _write(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> Non
     lines += ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    overall = [r for r in rows if r.get("mask") == "all"]        # one row per method: summary.md
+    short = [c for c in shown if c not in ("mask", "backprops")]
+    summary = ["| " + " | ".join(short) + " |", "|" + "---|" * len(short)]
+    summary += ["| " + " | ".join(fmt(r.get(c)) for c in short) + " |" for r in overall]
+    (out / "summary.md").write_text("\n".join(summary) + "\n")
 
 
 def _plots(out: Path, rows: list[dict], methods: list[str]) -> None:
