@@ -101,3 +101,46 @@ def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagef
     spec, _ = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)
     with pytest.raises(SystemExit):
         benchmark.main(["--spec", str(spec), "--bogus"])
+
+
+def test_readme_tables_are_copies_of_the_committed_results():
+    """Every README table behind a `<!-- table: PATH -->` marker equals the table in PATH (regenerate
+    with `python scripts/readme_tables.py`)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("readme_tables", root / "scripts" / "readme_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (root / "README.md").read_text()
+    assert readme.count("<!-- table: ") >= 6
+    assert mod.fill(readme) == readme, "README tables differ from benchmarks/results: run scripts/readme_tables.py"
+    broken = readme.replace("| vipaint | 16 | 251 | 0.02748", "| vipaint | 16 | 251 | 0.01000", 1)
+    assert broken != readme and mod.fill(broken) == readme
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_speed_benchmark_runs_and_float64_batching_is_exact(tmp_path, tiny_pixel_prior, tiny_imagefolder, dtype):
+    """benchmarks/speed.py end to end on a tiny prior; in float64, one image per call and the batched run
+    agree to rounding (an image's result does not depend on its batch)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("speed_bench", root / "benchmarks" / "speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    default = torch.get_default_dtype()
+    try:
+        mod.main(["--prior", tiny_pixel_prior, "--data", tiny_imagefolder, "--images", "3", "--samples", "2",
+                  "--iterations", "3", "--refine-steps", "4", "--dtype", dtype, "--out", str(tmp_path)])
+    finally:
+        torch.set_default_dtype(default)
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "speed.json").read_text())["rows"]}
+    assert len(rows) == (5 if dtype == "float32" else 3)
+    assert all(r["s_per_image"] > 0 and r["nfe"] > 0 for r in rows.values())
+    assert rows["batch of all images (plain)"]["max_abs_diff_vs_plain"] == 0
+    if dtype == "float64":
+        assert rows["one image per call"]["max_abs_diff_vs_plain"] < 1e-9
+        assert rows["batch, channels-last"]["max_abs_diff_vs_plain"] < 1e-9
