@@ -170,6 +170,18 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
     return rows
 
 
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _md_table(rows: list[dict], cols: list[str]) -> list[str]:
+    """Markdown lines: header, separator, one line per row (missing / NaN cells as –)."""
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
+
 def _write(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as f:
@@ -182,17 +194,11 @@ def _write(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> Non
                          "sliced_w2", "mode_weight_error", "coverage90", "fid", "kid", "psnr", "psnr_hole",
                          "ssim", "psnr_best", "diversity_l2", "hole_std", "diversity_perceptual",
                          "s_per_image") if c in cols]
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else ("–" if v is None or (  # noqa: E731
-        isinstance(v, float) and math.isnan(v)) else str(v))
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in shown) + " |" for r in rows]
-    lines += ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
+    lines = _md_table(rows, shown) + ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     overall = [r for r in rows if r.get("mask") == "all"]        # one row per method: summary.md
-    short = [c for c in shown if c not in ("mask", "backprops")]
-    summary = ["| " + " | ".join(short) + " |", "|" + "---|" * len(short)]
-    summary += ["| " + " | ".join(fmt(r.get(c)) for c in short) + " |" for r in overall]
+    summary = _md_table(overall, [c for c in shown if c not in ("mask", "backprops")])
     (out / "summary.md").write_text("\n".join(summary) + "\n")
 
 

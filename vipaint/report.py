@@ -72,9 +72,10 @@ def build_report(out: Path) -> dict:
         lines.append(f"| {m} | {d['n']} | " + " | ".join(f"{d[c]:.4g}" for c in shown) + " |")
     if failed:
         lines.append(f"\n{len(failed)} image(s) failed: " + ", ".join(str(f["index"]) for f in failed))
-    (out / "metrics.md").write_text("\n".join(lines) + "\n")
+    markdown = "\n".join(lines) + "\n"
+    (out / "metrics.md").write_text(markdown)
     _plot_traces(out)
-    return {"overall": overall, "per_mask": per_mask, "rows": rows, "columns": cols}
+    return {"overall": overall, "per_mask": per_mask, "rows": rows, "columns": cols, "markdown": markdown}
 
 
 def _plot_traces(out: Path, max_curves: int = 32) -> None:

@@ -104,11 +104,10 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             report = build_report(self.output_dir)
             _log(trainer, report, self.output_dir, self.log_images)
-            n_failed = len(list((self.output_dir / "failed").glob("*.json")))
-            print(f"\n[vipaint] {self.output_dir}: {report['overall'].get('n', 0)} images done"
+            n_failed = report["overall"]["n_failed"]
+            print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
                   + (f", {n_failed} failed (see failed/)" if n_failed else "")
-                  + f"; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n"
-                  + ((self.output_dir / "metrics.md").read_text() if (self.output_dir / "metrics.md").exists() else ""))
+                  + f"; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
         trainer.strategy.barrier()
 
 
