@@ -96,6 +96,16 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
     with pytest.raises(RuntimeError, match="other settings"):
         benchmark.main(["--spec", str(spec), "--only", "dps", "--model.sigma_y=0.2"])
 
+    # passes that vary per image (CoPaint stops early per image) are reported as their mean, not the first's
+    f = out / "dps" / "metrics" / "000005.json"
+    meta = json.loads(f.read_text())
+    f.write_text(json.dumps({**meta, "nfe": 10}))
+    benchmark.main(["--spec", str(spec), "--report-only"])
+    dps = {r["mask"]: r for r in csv.DictReader(open(out / "results.csv")) if r["method"] == "dps"}
+    assert float(dps["all"]["nfe"]) == pytest.approx((5 * 4 + 10) / 6)
+    assert float(dps[meta["mask"]]["nfe"]) == pytest.approx((2 * 4 + 10) / 3)
+    assert int(dps[{"box": "freeform", "freeform": "box"}[meta["mask"]]]["nfe"]) == 4
+
 
 def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagefolder):
     spec, _ = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)

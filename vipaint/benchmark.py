@@ -132,6 +132,15 @@ def _per_item_metrics(items: list[dict], perceptual) -> dict:  # noqa: ANN001
     return {k: float(np.nanmean(v)) if v else float("nan") for k, v in out.items()}
 
 
+def _mean_count(metas: list[dict], key: str) -> int | float | None:
+    """Network passes over the selected images: the count when all agree, else their mean (CoPaint's
+    backtracking makes a number of passes that varies by batch)."""
+    vals = [m[key] for m in metas if m.get(key) is not None]
+    if not vals:
+        return None
+    return vals[0] if all(v == vals[0] for v in vals) else float(np.mean(vals))
+
+
 def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool = True,
            perceptual_kind: str = "auto") -> list[dict]:
     """Build the comparison table from `<out>/<method>/`."""
@@ -155,7 +164,7 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
                 continue
             metas = [it["meta"] for it in sel]
             row = {"method": name, "mask": mask, "images": len(sel),
-                   "nfe": metas[0].get("nfe"), "backprops": metas[0].get("n_backprop")}
+                   "nfe": _mean_count(metas, "nfe"), "backprops": _mean_count(metas, "n_backprop")}
             for key in ("psnr", "ssim", "psnr_hole", "exact_mean_rmse", "exact_std_ratio", "sliced_w2",
                         "mode_weight_error", "coverage90", "coverage90_exact"):
                 vals = [m[key] for m in metas if key in m]
