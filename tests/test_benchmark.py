@@ -96,7 +96,7 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
     with pytest.raises(RuntimeError, match="other settings"):
         benchmark.main(["--spec", str(spec), "--only", "dps", "--model.sigma_y=0.2"])
 
-    # passes that vary per image (CoPaint stops early per image) are reported as their mean, not the first's
+    # passes that vary between images (CoPaint's backtracking varies by batch) are reported as their mean
     f = out / "dps" / "metrics" / "000005.json"
     meta = json.loads(f.read_text())
     f.write_text(json.dumps({**meta, "nfe": 10}))
