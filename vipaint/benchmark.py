@@ -30,10 +30,14 @@ __all__ = ["main", "run_methods", "report"]
 def _cli(config: str, overrides: list[str]):  # noqa: ANN202
     from lightning.pytorch.cli import LightningCLI
 
+    from vipaint.cli import ExplicitArgsMixin
     from vipaint.data import InverseProblemDataModule
     from vipaint.module import VIPaintModule
 
-    return LightningCLI(VIPaintModule, InverseProblemDataModule, run=False,
+    class _CLI(ExplicitArgsMixin, LightningCLI):
+        pass
+
+    return _CLI(VIPaintModule, InverseProblemDataModule, run=False,
                         args=["--config", config, *overrides, "--trainer.logger=false"],
                         trainer_defaults={"inference_mode": False}, save_config_callback=None)
 

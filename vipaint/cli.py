@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["main", "VIPaintCLI"]
+__all__ = ["main", "VIPaintCLI", "ExplicitArgsMixin"]
 
 USAGE = """usage: vipaint {predict,fit,inpaint} ...
 
@@ -25,13 +25,33 @@ def _env_defaults() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+class ExplicitArgsMixin:
+    """For LightningCLI subclasses given explicit `args`: LightningCLI warns whenever `args` is passed
+    while `sys.argv` holds arguments (as it does under `vipaint predict ...`), so hide `sys.argv` while
+    those args are parsed, and only then (a DDP launch later re-runs the real `sys.argv`)."""
+
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001
+        if args is None:
+            super().parse_arguments(parser, args)  # type: ignore[misc]
+            return
+        saved = sys.argv
+        sys.argv = saved[:1]
+        try:
+            super().parse_arguments(parser, args)  # type: ignore[misc]
+        finally:
+            sys.argv = saved
+
+
 def _lightning_cli(argv: list[str]):  # noqa: ANN202
     from lightning.pytorch.cli import LightningCLI
 
     from vipaint.data import InverseProblemDataModule
     from vipaint.module import VIPaintModule
 
-    return LightningCLI(VIPaintModule, InverseProblemDataModule, args=argv,
+    class _CLI(ExplicitArgsMixin, LightningCLI):
+        pass
+
+    return _CLI(VIPaintModule, InverseProblemDataModule, args=argv,
                         trainer_defaults={"inference_mode": False, "logger": False},
                         save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": True})
 

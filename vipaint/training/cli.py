@@ -29,10 +29,12 @@ from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
+from vipaint.cli import ExplicitArgsMixin  # noqa: E402
+
 __all__ = ["main", "PriorCLI", "resolve_ckpt_path"]
 
 
-class PriorCLI(LightningCLI):
+class PriorCLI(ExplicitArgsMixin, LightningCLI):
     """LightningCLI with resume/export/checkpoint arguments for prior training."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
