@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Copy the benchmark tables into README.md from the committed result files, so the README never holds a
-hand-typed number: the first Markdown table after each `<!-- table: PATH -->` marker is replaced by the
-table in PATH (a summary.md / exact_methods.md written by the benchmark commands).
+hand-typed number: the Markdown table right after each `<!-- table: PATH -->` marker is replaced by the
+table in PATH (a summary.md / exact_methods.md written by the benchmark commands); a marker followed by
+anything else gets the table inserted after it (a new marker needs no placeholder).
 
     python scripts/readme_tables.py [--check]
 """
@@ -25,14 +26,13 @@ def fill(readme: str) -> str:
     out, pos = [], 0
     for m in re.finditer(r"<!-- table: (\S+) -->\n", readme):
         out.append(readme[pos:m.end()])
-        rest = readme[m.end():]
-        start = rest.find("\n|") + 1 if not rest.startswith("|") else 0
-        block = re.match(r"(?:\|[^\n]*\n)+", rest[start:])
-        new = _table((ROOT / m.group(1)).read_text()) + "\n"
-        if block is None:
-            raise SystemExit(f"no table after the marker for {m.group(1)}")
-        out.append(rest[:start] + new)
-        pos = m.end() + start + block.end()
+        path = ROOT / m.group(1)
+        if not path.is_file():
+            raise SystemExit(f"README marker names {m.group(1)}, which does not exist")
+        new = _table(path.read_text()) + "\n"
+        block = re.match(r"(?:\|[^\n]*\n)+", readme[m.end():])     # only a table directly below the marker
+        out.append(new)
+        pos = m.end() + (block.end() if block else 0)
     out.append(readme[pos:])
     return "".join(out)
 
