@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 import vipaint.metrics
-from vipaint import benchmark
+from vipaint import benchmark, fid_bootstrap
 
 
 class _TinyFeatures(nn.Module):
@@ -29,6 +29,11 @@ class _TinyFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(nn.functional.interpolate(x.float(), size=(8, 8)).flatten(1))
+
+
+class _NoCalls(_TinyFeatures):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("features should have come from the cache")
 
 
 def _spec(tmp_path, prior, images) -> tuple:
@@ -83,10 +88,24 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
             for key in ("image", "mask", "y"):
                 np.testing.assert_array_equal(ref[key], other[key])
 
-    # report-only rebuilds the same table from the files; a rerun resumes (nothing recomputed)
+    # report-only rebuilds the same table from the files, its FID features from the run's cache (the
+    # network is not called again); a rerun resumes (nothing recomputed)
+    assert benchmark.feature_cache_path(out).is_file()
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (_NoCalls(), _TinyFeatures.label))
     before = (out / "results.csv").read_text()
     benchmark.main(["--spec", str(spec), "--report-only"])
     assert (out / "results.csv").read_text() == before
+
+    # the paired FID bootstrap reads the same samples and cached features; it stops if its full-set FID
+    # differs from results.json
+    fid_bootstrap.main(["--out", str(out), "--methods", "vipaint", "dps", "prior", "--replicates", "20"])
+    boot = json.loads((out / "fid_bootstrap.json").read_text())
+    table = {(r["method"], r["mask"]): r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert boot["reference"] == "vipaint" and len(boot["rows"]) == 9
+    for r in boot["rows"]:
+        assert r["fid"] == pytest.approx(table[r["method"], r["mask"]]["fid"], rel=1e-6)
+        assert r["fid_results_json"] == table[r["method"], r["mask"]]["fid"]
+    assert "p_ref_lower" in (out / "fid_bootstrap.md").read_text()
     mtime = (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns
     benchmark.main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
     assert (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns == mtime

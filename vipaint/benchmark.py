@@ -71,20 +71,46 @@ def run_methods(spec: dict, out: Path) -> dict[str, dict]:
 
 
 class _CachedFeatures(nn.Module):
-    """Wraps a feature network; identical input batches are computed once (real images are shared by
-    every method's FID and KID)."""
+    """Wraps a feature network with a per-image cache keyed by the image's bytes: real images shared by
+    every method's FID and KID are computed once, and `save` / `load` keep the features of a benchmark
+    folder on disk (`<out>/cache/fid_features.pt`), so a rebuilt report or `vipaint.fid_bootstrap`
+    does not run the Inception again."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net, self.cache = net, {}
         self.num_features = getattr(net, "num_features", 2048)
         self.label = getattr(net, "label", type(net).__name__)
+        self._saved = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = hashlib.sha1(x.detach().float().cpu().numpy().tobytes()).hexdigest()
-        if key not in self.cache:
-            self.cache[key] = self.net(x)
-        return self.cache[key]
+        keys = [hashlib.sha1(row.detach().float().cpu().numpy().tobytes()).hexdigest() for row in x]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if todo:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            feats = self.net(x[[first[k] for k in todo]])
+            self.cache.update(zip(todo, feats.detach()))
+        return torch.stack([self.cache[k] for k in keys])
+
+    def load(self, path: Path) -> None:
+        """Add the features saved at `path` if they came from the same network (label)."""
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("label") == self.label:
+                self.cache.update(zip(saved["keys"], saved["features"]))
+
+    def save(self, path: Path) -> None:
+        """Write the cache to `path` (only when it grew since the last save)."""
+        if len(self.cache) != self._saved:
+            self._saved = len(self.cache)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"label": self.label, "keys": list(self.cache),
+                        "features": torch.stack(list(self.cache.values()))}, path)
+
+
+def feature_cache_path(out: Path) -> Path:
+    """Where a benchmark folder keeps its cached FID features (ignored by git with the sample folders)."""
+    return out / "cache" / "fid_features.pt"
 
 
 def _load(method_dir: Path) -> list[dict]:
@@ -155,6 +181,8 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
         try:
             net, feat_label = default_inception()
             features = _CachedFeatures(net) if isinstance(net, nn.Module) else None
+            if features is not None:
+                features.load(feature_cache_path(out))
         except FileNotFoundError as err:
             feat_label = f"FID/KID skipped: {err}"
     perceptual, perc_label = perceptual_metric(perceptual_kind)
@@ -176,6 +204,8 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
                     row[key] = float(np.mean(vals))
             row.update(_per_item_metrics(sel, perceptual))
             row.update(_distribution_metrics(sel, features))
+            if features is not None:
+                features.save(feature_cache_path(out))
             row["s_per_image"] = timings.get(name, {}).get("seconds_per_image", float("nan"))
             rows.append(row)
     _write(out, rows, feat_label, perc_label)

@@ -1,0 +1,120 @@
+"""FID from weighted features and the paired bootstrap over observations (vipaint.metrics.bootstrap,
+vipaint.fid_bootstrap)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchmetrics.image.fid import _compute_fid
+
+from vipaint.fid_bootstrap import bootstrap_table
+from vipaint.metrics.bootstrap import frechet_distance, gaussian_factor, paired_fid_bootstrap
+
+
+def test_frechet_hand_computed():
+    # real: (±1, 0), (0, ±1) -> mean 0, unbiased cov (2/3) I; fake = 2·real + (3, 0) -> cov (8/3) I.
+    # FID = 9 + 2·(2/3 + 8/3 − 2·sqrt(16/9)) = 9 + 4/3.
+    real = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    fake = 2 * real + torch.tensor([3.0, 0.0])
+    assert float(frechet_distance(real, fake)) == pytest.approx(9 + 4 / 3, abs=1e-12)
+    assert float(frechet_distance(real, real)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_frechet_matches_torchmetrics_rank_deficient():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(30, 50, generator=g, dtype=torch.float64)         # n < d, as 300 images vs 2048 features
+    fake = 1.3 * torch.randn(45, 50, generator=g, dtype=torch.float64) + 0.2
+    ref = _compute_fid(fake.mean(0), torch.cov(fake.T), real.mean(0), torch.cov(real.T))
+    assert float(frechet_distance(real, fake)) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_weights_equal_repeated_rows():
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(12, 6, generator=g), torch.randn(20, 6, generator=g)
+    wr, wf = torch.randint(0, 3, (12,), generator=g), torch.randint(0, 3, (20,), generator=g)
+    wr[0] = wf[0] = 2                                                     # total weight ≥ 2 for certain
+    expected = frechet_distance(real.repeat_interleave(wr, 0), fake.repeat_interleave(wf, 0))
+    assert float(frechet_distance(real, fake, wr.double(), wf.double())) == pytest.approx(float(expected), rel=1e-10)
+    mean, a = gaussian_factor(real, wr.double())
+    assert a.shape[0] == int((wr > 0).sum())
+    assert torch.allclose(a.T @ a, torch.cov(real.repeat_interleave(wr, 0).T.double()), atol=1e-12)
+
+
+def test_factor_rejects_bad_weights():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        gaussian_factor(x, torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="at least 2"):
+        gaussian_factor(x, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_paired_bootstrap_is_paired_and_seeded():
+    g = torch.Generator().manual_seed(2)
+    real = torch.randn(20, 5, generator=g)
+    a = torch.randn(20, 3, 5, generator=g)
+    full, boot = paired_fid_bootstrap(real, {"a": a, "same": a.clone(), "far": a + 5.0}, replicates=30, seed=7)
+    assert boot["a"].shape == (30,)
+    assert torch.equal(boot["a"], boot["same"])                          # same draws for every method
+    assert bool((boot["far"] > boot["a"]).all())
+    assert float(full["a"]) == pytest.approx(float(frechet_distance(real, a.flatten(0, 1))))
+    _, again = paired_fid_bootstrap(real, {"a": a}, replicates=30, seed=7)
+    _, other = paired_fid_bootstrap(real, {"a": a}, replicates=30, seed=8)
+    assert torch.equal(again["a"], boot["a"]) and not torch.equal(other["a"], boot["a"])
+    with pytest.raises(ValueError, match="expected"):
+        paired_fid_bootstrap(real, {"a": a[:10]}, replicates=2)
+
+
+class _Proj(nn.Module):
+    """Tiny fixed feature map ([N, 3, H, W] in [0, 1] -> [N, 6]) that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.randn(3 * 8 * 8, 6, generator=torch.Generator().manual_seed(0))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.flatten(1) @ self.w
+
+
+def _write_method(root: Path, method: str, images: np.ndarray, shift: float, masks: list[str], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for d in ("samples", "metrics"):
+        (root / method / d).mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        comp = np.clip(img[None] + shift + 0.3 * rng.standard_normal((3, *img.shape)), -1, 1).astype(np.float32)
+        np.savez(root / method / "samples" / f"{i:06d}.npz", composite=comp, samples=comp, image=img,
+                 mask=np.ones_like(img))
+        (root / method / "metrics" / f"{i:06d}.json").write_text(json.dumps({"mask": masks[i]}))
+
+
+def test_bootstrap_table_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    images = np.clip(rng.standard_normal((16, 1, 8, 8)) * 0.5, -1, 1).astype(np.float32)
+    masks = ["box"] * 8 + ["half"] * 8
+    _write_method(tmp_path, "good", images, 0.0, masks, 1)
+    _write_method(tmp_path, "bad", images, 0.5, masks, 2)
+    net = _Proj()
+    rows = bootstrap_table(tmp_path, ["good", "bad"], "good", net, "proj", replicates=40, seed=0)
+    assert [(r["method"], r["mask"]) for r in rows] == [(m, k) for k in ("box", "half", "all") for m in ("good", "bad")]
+    bad_all = rows[-1]
+    assert bad_all["images"] == 16 and bad_all["delta_vs_ref"] > 0 and bad_all["p_ref_lower"] == 1.0
+    assert bad_all["delta_lo95"] <= bad_all["delta_hi95"] and "delta_vs_ref" not in rows[-2]
+    assert all(r["fid_results_json"] is None for r in rows)                # no results.json yet
+    (tmp_path / "results.json").write_text(json.dumps({"features": "proj", "rows": [
+        {"method": r["method"], "mask": r["mask"], "fid": r["fid"]} for r in rows]}))
+    calls = net.calls
+    again = bootstrap_table(tmp_path, ["good", "bad"], "good", net, "proj", replicates=5)
+    assert [r["fid_results_json"] for r in again] == [r["fid"] for r in rows]
+    assert net.calls == calls                                             # features came from the cache
+    (tmp_path / "bad" / "samples" / "000003.npz").unlink()
+    (tmp_path / "bad" / "metrics" / "000003.json").unlink()
+    with pytest.raises(ValueError, match="same data"):
+        bootstrap_table(tmp_path, ["good", "bad"], "good", net, "proj", replicates=5)
+    with pytest.raises(ValueError, match="reference"):
+        bootstrap_table(tmp_path, ["good", "bad"], "nope", net, "proj", replicates=5)
