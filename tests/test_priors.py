@@ -406,7 +406,8 @@ def test_hub_id_offline_fails_fast():
     with pytest.raises(PriorNotFoundError) as info:
         DiffusersPrior("vipaint-tests/definitely-not-cached-ddpm")
     elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"offline Hub lookup took {elapsed:.1f} s"
+    # a hang guard, not a speed test (an online lookup retries for minutes); loose for loaded machines
+    assert elapsed < 60.0, f"offline Hub lookup took {elapsed:.1f} s"
     msg = str(info.value)
     assert "vipaint-tests/definitely-not-cached-ddpm" in msg and "hf download" in msg
     assert "HF_HUB_OFFLINE" in msg
