@@ -110,6 +110,10 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
     benchmark.main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
     assert (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns == mtime
     assert json.loads((out / "dps" / "timing.json").read_text())["images"] == 6
+    # `--only` keeps the other methods' rows (the table is not replaced by a subset)
+    assert (out / "results.csv").read_text() == before
+    with pytest.raises(SystemExit):
+        benchmark.main(["--spec", str(spec), "--only", "dsp"])
 
     # other settings into the same folder stop instead of mixing results
     with pytest.raises(RuntimeError, match="other settings"):

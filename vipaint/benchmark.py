@@ -302,16 +302,21 @@ def main(argv: list[str] | None = None) -> None:
     spec["overrides"] = [*spec.get("overrides", []), *extra]     # later flags win in LightningCLI
     if args.out:
         spec["out"] = args.out
-    if args.only:
-        spec["methods"] = {k: v for k, v in spec["methods"].items() if k in args.only}
+    unknown = sorted(set(args.only or []) - set(spec["methods"]))
+    if unknown:
+        p.error(f"--only: {', '.join(unknown)} not in {args.spec} (its methods: {', '.join(spec['methods'])})")
     out = Path(spec.get("out", f"results/benchmarks/{Path(args.spec).stem}"))
     out.mkdir(parents=True, exist_ok=True)
-    methods = list(spec["methods"])
-    if args.report_only:
-        timings = {m: json.loads((out / m / "timing.json").read_text()) if (out / m / "timing.json").exists()
-                   else {} for m in methods}
-    else:
-        timings = run_methods({**spec, "methods": {k: dict(v or {}) for k, v in spec["methods"].items()}}, out)
+    to_run = {} if args.report_only else {k: dict(v or {}) for k, v in spec["methods"].items()
+                                          if not args.only or k in args.only}
+    timings = run_methods({**spec, "methods": to_run}, out) if to_run else {}
+    # the table covers every method of the spec with outputs in `out`, so `--only` adds rows to a
+    # benchmark instead of replacing its table with a subset
+    methods = [m for m in spec["methods"] if m in to_run or any((out / m / "samples").glob("*.npz"))]
+    for m in methods:
+        if m not in timings:
+            tfile = out / m / "timing.json"
+            timings[m] = json.loads(tfile.read_text()) if tfile.exists() else {}
     report(out, methods, timings, fid=not args.no_fid and spec.get("fid", True),
            perceptual_kind=spec.get("perceptual", "auto"))
     print(f"\nwrote {out}/results.md, results.csv, metric_vs_nfe.png, panels.png")
