@@ -66,8 +66,14 @@ def run_methods(spec: dict, out: Path) -> dict[str, dict]:
                                          "seconds_per_image": seconds / computed,
                                          "threads": torch.get_num_threads(),
                                          "device": str(cli.model.device)}))
-        timings[name] = json.loads(tfile.read_text()) if tfile.exists() else {}
+        timings[name] = _read_timing(writer.output_dir)
     return timings
+
+
+def _read_timing(method_dir: Path) -> dict:
+    """The `timing.json` of a complete fresh run of a method ({} if its images came from several runs)."""
+    tfile = method_dir / "timing.json"
+    return json.loads(tfile.read_text()) if tfile.exists() else {}
 
 
 class _CachedFeatures(nn.Module):
@@ -313,10 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     # the table covers every method of the spec with outputs in `out`, so `--only` adds rows to a
     # benchmark instead of replacing its table with a subset
     methods = [m for m in spec["methods"] if m in to_run or any((out / m / "samples").glob("*.npz"))]
-    for m in methods:
-        if m not in timings:
-            tfile = out / m / "timing.json"
-            timings[m] = json.loads(tfile.read_text()) if tfile.exists() else {}
+    timings.update({m: _read_timing(out / m) for m in methods if m not in timings})
     report(out, methods, timings, fid=not args.no_fid and spec.get("fid", True),
            perceptual_kind=spec.get("perceptual", "auto"))
     print(f"\nwrote {out}/results.md, results.csv, metric_vs_nfe.png, panels.png")
