@@ -3,6 +3,7 @@
 import torch
 
 import vipaint
+from vipaint.methods.vipaint import VIPaintConfig
 from vipaint.operators import Downsample, Inpainting
 from vipaint.priors import GaussianPrior, SyntheticMixturePrior, smooth_covariance
 from vipaint.seeding import ImageRNG
@@ -56,6 +57,19 @@ def test_same_seed_identical_and_index_changes_noise():
     c = vipaint.solve("vipaint", prior, op, y, seed=5, indices=[10, 11], **kw)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_refine_likelihood_changes_only_stage_two():
+    cfg = VIPaintConfig()
+    assert cfg.make_refine_likelihood() == cfg.make_likelihood()
+    lik = VIPaintConfig(refine_likelihood="l2norm", refine_reduction="sum").make_refine_likelihood()
+    assert (lik.kind, lik.scale, lik.reduction) == ("l2norm", None, "sum")
+    prior, op, y, _ = _gaussian_problem(2)
+    kw = dict(n_samples=2, seed=0, iterations=3, refine_steps=3)
+    a = vipaint.solve_full("vipaint", prior, op, y, **kw)
+    b = vipaint.solve_full("vipaint", prior, op, y, refine_likelihood="l2norm", refine_reduction="sum", **kw)
+    assert torch.equal(a.traces["objective"], b.traces["objective"])      # same fit
+    assert not torch.allclose(a.samples, b.samples)                       # different guidance
 
 
 def test_image_result_independent_of_batch():

@@ -53,9 +53,20 @@ class VIPaintConfig:
     normalize_guidance: bool = False
     refine_guidance: float = 1.0
     clip_x0: bool = False
+    refine_likelihood: str | None = None
+    refine_likelihood_scale: float | None = None
+    refine_reduction: str | None = None
 
     def make_likelihood(self) -> Likelihood:
         return Likelihood(self.likelihood, self.likelihood_scale, self.reduction)
+
+    def make_refine_likelihood(self) -> Likelihood:
+        """The guidance energy of stage 2: the fit's likelihood unless `refine_likelihood` is set (e.g.
+        "l2norm" with `refine_reduction: sum` and ζ = 0.5 is DPS's guidance)."""
+        if self.refine_likelihood is None:
+            return self.make_likelihood()
+        return Likelihood(self.refine_likelihood, self.refine_likelihood_scale,
+                          self.refine_reduction or self.reduction)
 
 
 def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageRNG, cfg: VIPaintConfig,
@@ -125,7 +136,7 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     with torch.no_grad():
         z = sample_chain(post, prior, n_samples, rng, eta=cfg.eta_fit, cond=cond,
                          guidance_scale=cfg.fit_guidance).z[-1]
-    x, n_ref = guided_denoise(prior, operator, y, z, rng, likelihood=cfg.make_likelihood(),
+    x, n_ref = guided_denoise(prior, operator, y, z, rng, likelihood=cfg.make_refine_likelihood(),
                               t_start=cfg.keypoints[-1], n_steps=cfg.refine_steps, zeta=cfg.zeta,
                               eta=cfg.eta_refine, stochastic=cfg.stochastic, normalize=cfg.normalize_guidance,
                               cond=cond, guidance_scale=cfg.refine_guidance, clip_x0=cfg.clip_x0,
