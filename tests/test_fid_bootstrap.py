@@ -118,3 +118,20 @@ def test_bootstrap_table_end_to_end(tmp_path):
         bootstrap_table(tmp_path, ["good", "bad"], "good", net, "proj", replicates=5)
     with pytest.raises(ValueError, match="reference"):
         bootstrap_table(tmp_path, ["good", "bad"], "nope", net, "proj", replicates=5)
+
+
+def test_cli_name_keeps_two_references(tmp_path, monkeypatch):
+    import vipaint.metrics
+    from vipaint.fid_bootstrap import main
+
+    rng = np.random.default_rng(1)
+    images = np.clip(rng.standard_normal((8, 1, 8, 8)) * 0.5, -1, 1).astype(np.float32)
+    for name, shift, seed in (("a", 0.0, 1), ("b", 0.3, 2)):
+        _write_method(tmp_path, name, images, shift, ["box"] * 8, seed)
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (_Proj(), "proj"))
+    main(["--out", str(tmp_path), "--reference", "a", "--replicates", "20"])
+    main(["--out", str(tmp_path), "--reference", "b", "--replicates", "20", "--name", "fid_bootstrap_vs_b"])
+    first = json.loads((tmp_path / "fid_bootstrap.json").read_text())
+    second = json.loads((tmp_path / "fid_bootstrap_vs_b.json").read_text())
+    assert (first["reference"], second["reference"]) == ("a", "b")
+    assert "Reference: b" in (tmp_path / "fid_bootstrap_vs_b.md").read_text()

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reference", help="method the others are compared with (default: the first)")
     p.add_argument("--replicates", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="fid_bootstrap",
+                   help="output files <out>/<name>.{md,json} (another name keeps a comparison with another reference)")
     args = p.parse_args(argv)
     out = Path(args.out)
     methods = args.methods or sorted(d.name for d in out.iterdir() if (d / "samples").is_dir())
@@ -114,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         "", f"Reference: {reference}; delta = FID(method) − FID({reference}) on the full set, its 95 % interval "
         f"from {args.replicates} paired bootstrap resamples of the observations (seed {args.seed}); "
         f"p_ref_lower = share of resamples in which {reference} has the lower FID. Features: {label}."]
-    (out / "fid_bootstrap.md").write_text("\n".join(lines) + "\n")
-    (out / "fid_bootstrap.json").write_text(json.dumps({"reference": reference, "replicates": args.replicates,
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps({"reference": reference, "replicates": args.replicates,
                                                         "seed": args.seed, "features": label, "rows": rows}, indent=2))
     print("\n".join(lines))
     off = [r for r in rows if r["fid_results_json"] is not None and abs(r["fid"] - r["fid_results_json"]) > 1e-3]
