@@ -186,3 +186,23 @@ def test_speed_benchmark_runs_and_float64_batching_is_exact(tmp_path, tiny_pixel
     if dtype == "float64":
         assert rows["one image per call"]["max_abs_diff_vs_plain"] < 1e-9
         assert rows["batch, channels-last"]["max_abs_diff_vs_plain"] < 1e-9
+
+
+def test_q_noise_level_script(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    """benchmarks/q_noise_level.py end to end on a tiny prior: a larger initial std of q's transitions gives
+    noisier chains at T_s (same seeds)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("q_noise", root / "benchmarks" / "q_noise_level.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--prior", tiny_pixel_prior, "--data", tiny_imagefolder, "--images", "2", "--iterations", "1",
+              "--std-scale", "1.0", "0.2", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "q_noise_level.json").read_text())["rows"]
+    chains = ["forward-noised truth", "q, std_scale 1", "q, std_scale 0.2"]
+    assert [r["chain"] for r in rows] == [c for c in chains for _ in range(2)]
+    assert all(r["mean_eps_sq"] > 0 for r in rows) and all(r["rec"] > 0 for r in rows[2:])
+    assert rows[3]["z_std"] > rows[5]["z_std"]
+    assert "| chain | keypoint |" in (tmp_path / "q_noise_level.md").read_text()

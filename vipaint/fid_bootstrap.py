@@ -3,9 +3,10 @@
     python -m vipaint.fid_bootstrap --out benchmarks/results/fashion_mnist_n100 --reference vipaint
 
 Reads the samples a `python -m vipaint.benchmark` run kept in `<out>/<method>/samples/`, takes their
-Inception features from the run's cache (`<out>/cache/fid_features.pt`; computes the missing ones), checks that the full-set FID equals the one in
-`<out>/results.json`, then draws the observations with replacement (the same draws for every method) and
-writes `<out>/fid_bootstrap.{md,json}`: per method and mask the FID, its bootstrap std, the difference to
+Inception features from the run's cache (`<out>/cache/fid_features.pt`; computes the missing ones),
+checks that the full-set FID equals the one in `<out>/results.json`, then draws the observations with
+replacement (the same draws for every method) and writes `<out>/fid_bootstrap.{md,json}` (`--name` for
+another file name, e.g. a second reference): per method and mask the FID, its bootstrap std, the difference to
 the reference method with a 95 % percentile interval, and the share of resamples in which the reference
 has the lower FID. FID is biased upwards on resamples (repeated images), so the table reports the
 full-set FID and uses the resamples only for spread and paired differences.
