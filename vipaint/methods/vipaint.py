@@ -24,7 +24,10 @@ __all__ = ["VIPaintConfig", "vipaint", "fit_posterior"]
 @dataclass
 class VIPaintConfig:
     """All VIPaint options; defaults are the official code's (ALGORITHM.md §5), with its slips fixed
-    (§7). Likelihood defaults to 100·L1 (Laplace, b = 0.01) with element means and β = 100."""
+    (§7). Likelihood defaults to 100·L1 (Laplace, b = 0.01) with element means and β = 100. Stage 2
+    guides with the same energy unless `refine_likelihood` is set; DPS's guidance is `refine_likelihood:
+    l2norm, refine_reduction: sum, zeta: 0.5, stochastic: true, eta_refine: 1.0` (README, "VIPaint's
+    options on the MNIST prior")."""
 
     keypoints: list[int] = field(default_factory=lambda: [550, 400])
     iterations: int = 50
