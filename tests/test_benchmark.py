@@ -2,7 +2,9 @@
 report-only, extra overrides and the settings guard."""
 
 import csv
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,16 @@ from torch import nn
 
 import vipaint.metrics
 from vipaint import benchmark, fid_bootstrap
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(relpath: str):  # noqa: ANN202
+    """Import a script that is not a package module (scripts/, benchmarks/) by its path."""
+    spec = importlib.util.spec_from_file_location(Path(relpath).stem, ROOT / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 class _TinyFeatures(nn.Module):
@@ -139,14 +151,8 @@ def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagef
 def test_readme_tables_are_copies_of_the_committed_results():
     """Every README table behind a `<!-- table: PATH -->` marker equals the table in PATH (regenerate
     with `python scripts/readme_tables.py`)."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("readme_tables", root / "scripts" / "readme_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    readme = (root / "README.md").read_text()
+    mod = _load_script("scripts/readme_tables.py")
+    readme = (ROOT / "README.md").read_text()
     assert readme.count("<!-- table: ") >= 6
     assert mod.fill(readme) == readme, "README tables differ from benchmarks/results: run scripts/readme_tables.py"
     broken = readme.replace("| vipaint | 16 | 251 | 0.02748", "| vipaint | 16 | 251 | 0.01000", 1)
@@ -166,13 +172,7 @@ def test_readme_tables_are_copies_of_the_committed_results():
 def test_speed_benchmark_runs_and_float64_batching_is_exact(tmp_path, tiny_pixel_prior, tiny_imagefolder, dtype):
     """benchmarks/speed.py end to end on a tiny prior; in float64, one image per call and the batched run
     agree to rounding (an image's result does not depend on its batch)."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("speed_bench", root / "benchmarks" / "speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_script("benchmarks/speed.py")
     default = torch.get_default_dtype()
     try:
         mod.main(["--prior", tiny_pixel_prior, "--data", tiny_imagefolder, "--images", "3", "--samples", "2",
@@ -191,13 +191,7 @@ def test_speed_benchmark_runs_and_float64_batching_is_exact(tmp_path, tiny_pixel
 def test_q_noise_level_script(tmp_path, tiny_pixel_prior, tiny_imagefolder):
     """benchmarks/q_noise_level.py end to end on a tiny prior: a larger initial std of q's transitions gives
     noisier chains at T_s (same seeds)."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("q_noise", root / "benchmarks" / "q_noise_level.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_script("benchmarks/q_noise_level.py")
     mod.main(["--prior", tiny_pixel_prior, "--data", tiny_imagefolder, "--images", "2", "--iterations", "1",
               "--std-scale", "1.0", "0.2", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "q_noise_level.json").read_text())["rows"]
