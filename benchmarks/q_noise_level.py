@@ -32,11 +32,11 @@ from vipaint.priors import DiffusersPrior
 from vipaint.seeding import ImageRNG
 
 
-def _eps_sq(prior: DiffusersPrior, z: torch.Tensor, t: int) -> float:
+def _eps(prior: DiffusersPrior, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [S, B, *latent] flattened to [S·B, *latent], and ε_θ(z, t) on it."""
     flat = z.reshape((-1,) + tuple(z.shape[2:]))
     with torch.no_grad():
-        e = prior.eps(flat, torch.full((flat.shape[0],), t, dtype=torch.long), None, 1.0)
-    return e.pow(2).mean().item()
+        return flat, prior.eps(flat, torch.full((flat.shape[0],), t, dtype=torch.long), None, 1.0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,21 +67,20 @@ def main(argv: list[str] | None = None) -> None:
     for t in keypoints:
         ab = prior.alpha_bar(t)
         z = ab.sqrt() * x + (1 - ab).sqrt() * torch.randn((4,) + tuple(x.shape), generator=g)
-        rows.append({"chain": "forward-noised truth", "keypoint": t, "mean_eps_sq": _eps_sq(prior, z, t),
-                     "z_std": z.std().item()})
+        rows.append({"chain": "forward-noised truth", "keypoint": t,
+                     "mean_eps_sq": _eps(prior, z, t)[1].pow(2).mean().item(), "z_std": z.std().item()})
     for s in args.std_scale:
         cfg = VIPaintConfig(std_scale=s, iterations=args.iterations)
         rng = ImageRNG(args.seed, idx, "method:vipaint")
         post, trace, failed, _ = fit_posterior(prior, op, y, rng, cfg)
         with torch.no_grad():
             chain = sample_chain(post, prior, 4, rng, eta=cfg.eta_fit)
-            z_s, t_s = chain.z[-1], cfg.keypoints[-1]
-            flat = z_s.reshape((-1,) + tuple(z_s.shape[2:]))
-            e = prior.eps(flat, torch.full((flat.shape[0],), t_s, dtype=torch.long), None, 1.0)
-            x_hat = prior.decode(tweedie_x0(flat, e, prior.alpha_bar(t_s))).reshape((4,) + tuple(x.shape))
-            rec = cfg.make_likelihood()(x_hat, y, op).mean().item()
-        for t, z in zip(cfg.keypoints, chain.z):
-            rows.append({"chain": f"q, std_scale {s:.4g}", "keypoint": t, "mean_eps_sq": _eps_sq(prior, z, t),
+            eps = [_eps(prior, z, t) for t, z in zip(cfg.keypoints, chain.z)]
+            flat, e = eps[-1]                                        # T_s: also the one-step estimate
+            x_hat = prior.decode(tweedie_x0(flat, e, prior.alpha_bar(cfg.keypoints[-1])))
+            rec = cfg.make_likelihood()(x_hat.reshape((4,) + tuple(x.shape)), y, op).mean().item()
+        for t, z, (_, e) in zip(cfg.keypoints, chain.z, eps):
+            rows.append({"chain": f"q, std_scale {s:.4g}", "keypoint": t, "mean_eps_sq": e.pow(2).mean().item(),
                          "z_std": z.std().item(), "rec": rec, "objective_last": trace[-1].mean().item(),
                          "failed": int(failed.sum())})
         print(rows[-1], flush=True)
