@@ -4,6 +4,7 @@ report-only, extra overrides and the settings guard."""
 import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,17 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
     assert float(dps["all"]["nfe"]) == pytest.approx((5 * 4 + 10) / 6)
     assert float(dps[meta["mask"]]["nfe"]) == pytest.approx((2 * 4 + 10) / 3)
     assert int(dps[{"box": "freeform", "freeform": "box"}[meta["mask"]]]["nfe"]) == 4
+
+    # samples are not committed: in a fresh clone a method without them keeps its rows from results.json
+    # (same features), so adding a method with `--only` does not drop the others from the table
+    kept = [r for r in csv.DictReader(open(out / "results.csv")) if r["method"] == "vipaint"]
+    panels = (out / "panels.png").read_bytes()
+    shutil.rmtree(out / "vipaint")
+    benchmark.main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["method"] for r in rows] == ["vipaint"] * 3 + ["dps"] * 3 + ["prior"] * 3
+    assert rows[:3] == kept
+    assert (out / "panels.png").read_bytes() == panels        # not replaced by a grid without vipaint
 
 
 def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagefolder):

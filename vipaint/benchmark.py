@@ -177,9 +177,26 @@ def _mean_count(metas: list[dict], key: str) -> int | float | None:
     return vals[0] if all(v == vals[0] for v in vals) else float(np.mean(vals))
 
 
+def _previous_rows(out: Path) -> tuple[dict[str, list[dict]], str | None]:
+    """Rows of `<out>/results.json` by method, and the feature network they were computed with."""
+    f = out / "results.json"
+    if not f.is_file():
+        return {}, None
+    saved = json.loads(f.read_text())
+    rows: dict[str, list[dict]] = {}
+    for r in saved.get("rows", []):
+        rows.setdefault(r["method"], []).append(r)
+    return rows, saved.get("features")
+
+
 def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool = True,
            perceptual_kind: str = "auto") -> list[dict]:
-    """Build the comparison table from `<out>/<method>/`."""
+    """Build the comparison table from `<out>/<method>/`.
+
+    A method whose samples are not in `out` (they are not committed, so a fresh clone has none) keeps its
+    rows from the previous `results.json`, provided they were computed with the same FID features; adding
+    a method with `--only` then never drops the others' rows.
+    """
     from vipaint.metrics import default_inception, perceptual_metric
 
     features, feat_label = None, "FID/KID skipped"
@@ -192,9 +209,18 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
         except FileNotFoundError as err:
             feat_label = f"FID/KID skipped: {err}"
     perceptual, perc_label = perceptual_metric(perceptual_kind)
+    previous, previous_label = _previous_rows(out)
     rows = []
     for name in methods:
         items = _load(out / name)
+        if not items:
+            if name in previous and previous_label == feat_label:
+                print(f"{name}: no samples in {out / name}; keeping its rows from {out / 'results.json'}")
+                rows.extend(previous[name])
+            elif name in previous:
+                print(f"{name}: no samples in {out / name}, and its rows in {out / 'results.json'} used other "
+                      f"features ({previous_label!r}, now {feat_label!r}); dropped, rerun it")
+            continue
         masks = sorted({it["mask_name"] for it in items})
         for mask in masks + ["all"]:
             sel = [it for it in items if mask in ("all", it["mask_name"])]
@@ -271,6 +297,13 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> None:
     fig.tight_layout()
     fig.savefig(out / "metric_vs_nfe.png", dpi=100)
     plt.close(fig)
+    with_panels = [m for m in methods if any((out / m / "panels").glob("*.png"))]
+    missing = [m for m in methods if m not in with_panels]
+    if not with_panels or (missing and (out / "panels.png").is_file()):
+        if missing:      # a partial grid would replace one that shows every method
+            print(f"panels.png not rebuilt: no panels of {', '.join(missing)} in {out}")
+        return
+    methods = with_panels
     first = sorted((out / methods[0] / "panels").glob("*.png"))[:3]
     tiles = [[Image.open(out / m / "panels" / p.name) for p in first if (out / m / "panels" / p.name).exists()]
              for m in methods]
@@ -316,13 +349,15 @@ def main(argv: list[str] | None = None) -> None:
     to_run = {} if args.report_only else {k: dict(v or {}) for k, v in spec["methods"].items()
                                           if not args.only or k in args.only}
     timings = run_methods({**spec, "methods": to_run}, out) if to_run else {}
-    # the table covers every method of the spec with outputs in `out`, so `--only` adds rows to a
-    # benchmark instead of replacing its table with a subset
-    methods = [m for m in spec["methods"] if m in to_run or any((out / m / "samples").glob("*.npz"))]
+    # the table covers every method of the spec with outputs in `out` or rows in its results.json, so
+    # `--only` adds rows to a benchmark instead of replacing its table with a subset
+    previous, _ = _previous_rows(out)
+    methods = [m for m in spec["methods"]
+               if m in to_run or m in previous or any((out / m / "samples").glob("*.npz"))]
     timings.update({m: _read_timing(out / m) for m in methods if m not in timings})
     report(out, methods, timings, fid=not args.no_fid and spec.get("fid", True),
            perceptual_kind=spec.get("perceptual", "auto"))
-    print(f"\nwrote {out}/results.md, results.csv, metric_vs_nfe.png, panels.png")
+    print(f"\nwrote {out}/results.md, results.csv and the plots")
 
 
 if __name__ == "__main__":
