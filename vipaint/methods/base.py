@@ -59,6 +59,22 @@ class Progress:
             self.bar = None
 
 
-def initial_image(operator, y: Tensor, image_shape: tuple[int, int, int]) -> Tensor:  # noqa: ANN001
-    """A⁺y: the observation mapped back to image space (inpainting: holes at 0)."""
-    return operator.pinv(y, image_shape)
+def initial_image(operator, y: Tensor, image_shape: tuple[int, int, int], fill: str = "zero"  # noqa: ANN001
+                  ) -> Tensor:
+    """The image q_λ's means start from (ALGORITHM.md §2, y_filled).
+
+    fill "zero": A⁺y, the official choice (inpainting: holes at 0, mid-grey on [−1, 1]).
+    fill "observed_mean": A⁺y + (I − A⁺A) c, with c the mean of A⁺y over the observed pixels (weights
+    A⁺A 1), per image and channel (inpainting: holes at the mean of the observed pixels; an image with no
+    observed pixel gets c = 0). For operators with a trivial null space (blur, SR) both agree up to A⁺'s
+    regularisation.
+    """
+    x = operator.pinv(y, image_shape)
+    if fill == "zero":
+        return x
+    if fill != "observed_mean":
+        raise ValueError(f"unknown init_fill {fill!r}; use 'zero' or 'observed_mean'")
+    w = operator.pinv(operator(torch.ones_like(x)), image_shape)
+    c = (w * x).sum((-2, -1), keepdim=True) / w.sum((-2, -1), keepdim=True).clamp_min(1e-8)
+    c = c.expand_as(x)
+    return x + c - operator.pinv(operator(c), image_shape)

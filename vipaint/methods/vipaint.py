@@ -27,7 +27,8 @@ class VIPaintConfig:
     (§7). Likelihood defaults to 100·L1 (Laplace, b = 0.01) with element means and β = 100. Stage 2
     guides with the same energy unless `refine_likelihood` is set; DPS's guidance is `refine_likelihood:
     l2norm, refine_reduction: sum, zeta: 0.5, stochastic: true, eta_refine: 1.0` (README, "VIPaint's
-    options on the MNIST prior")."""
+    options on the MNIST prior"). `init_fill` chooses what q's means start from in the holes: "zero"
+    (official, A⁺y) or "observed_mean" (the mean of the observed pixels; `initial_image`)."""
 
     keypoints: list[int] = field(default_factory=lambda: [550, 400])
     iterations: int = 50
@@ -47,6 +48,7 @@ class VIPaintConfig:
     s_top: float = 0.8
     gamma_init: float = 5.0
     std_scale: float = 0.7
+    init_fill: str = "zero"
     prior_grid_points: int = 300
     fit_guidance: float = 1.0
     refine_steps: int | None = None
@@ -82,7 +84,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     """
     if max(cfg.keypoints) >= prior.num_timesteps - 1 or min(cfg.keypoints) < 1:
         raise ValueError(f"keypoints {cfg.keypoints} must lie in [1, T-1) with T = {prior.num_timesteps}")
-    y_enc = prior.encode(initial_image(operator, y, prior.image_shape))
+    y_enc = prior.encode(initial_image(operator, y, prior.image_shape, cfg.init_fill))
     post = HierarchicalPosterior.initialise(y_enc.detach(), prior, cfg.keypoints, rng, s_top=cfg.s_top,
                                             gamma_init=cfg.gamma_init, std_scale=cfg.std_scale)
     opt = torch.optim.Adam(post.param_groups(cfg.lr_mu, cfg.lr_logvar, cfg.lr_gamma), betas=cfg.adam_betas)
