@@ -84,13 +84,32 @@ def test_rerun_with_other_settings_stops(tmp_path, tiny_pixel_prior, tiny_imagef
     settings = json.loads((out / "settings.json").read_text())
     assert settings["method"] == "vipaint" and settings["module"]["sigma_y"] == 0.05
     assert settings["prior"]["path"] == str(tiny_pixel_prior) and len(settings["data"]["masks"]) == 2
-    main(["predict", "--config", str(cfg), "--data.batch_size=1", "--data.num_images=2"])   # fine: extends
-    assert len(list((out / "metrics").glob("*.json"))) == 4
+    # two mask types: index k is (image k mod N, mask k div N), so N = 2 maps index 1 (half-plane of image 0
+    # here) to the box of image 1; the rerun must stop instead of taking index 1 as done
+    with pytest.raises(RuntimeError, match=r"index 1 is now the box mask of .*[^0-9]001\.png.*num_images"):
+        main(["predict", "--config", str(cfg), "--data.batch_size=1", "--data.num_images=2"])
+    assert len(list((out / "metrics").glob("*.json"))) == 2
+    main(["predict", "--config", str(cfg), "--data.batch_size=1"])          # fine: other batch size
     for flag, word in (("--model.sigma_y=0.1", "sigma_y"), ("--data.seed=4", "seed"),
                        ('--model.method_options={"iterations": 3, "n_mc": 2, "refine_steps": 3}', "iterations")):
         with pytest.raises(RuntimeError, match=f"other settings.*{word}"):
             main(["predict", "--config", str(cfg), flag])
-    assert len(list((out / "metrics").glob("*.json"))) == 4
+    assert len(list((out / "metrics").glob("*.json"))) == 2
+
+
+def test_more_images_extend_a_one_mask_run(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    """With one mask type index k is image k for every num_images: adding images resumes the run."""
+    out = tmp_path / "run"
+    cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, out)
+    data = yaml.safe_load(cfg.read_text())
+    data["data"]["num_images"], data["data"]["masks"] = 1, data["data"]["masks"][:1]
+    cfg.write_text(yaml.safe_dump(data))
+    main(["predict", "--config", str(cfg)])
+    first = (out / "metrics" / "000000.json").stat().st_mtime_ns
+    main(["predict", "--config", str(cfg), "--data.num_images=3"])
+    assert [f.stem for f in sorted((out / "metrics").glob("*.json"))] == ["000000", "000001", "000002"]
+    assert (out / "metrics" / "000000.json").stat().st_mtime_ns == first
+    assert json.loads((out / "metrics" / "000002.json").read_text())["path"].endswith("002.png")
 
 
 def test_batch_size_does_not_change_results(tmp_path, tiny_pixel_prior, tiny_imagefolder):

@@ -105,7 +105,8 @@ class VIPaintModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict | None:
         writer = self._writer()
-        keep = [i for i, k in enumerate(batch["index"].tolist()) if writer is None or not writer.is_done(k)]
+        keep = [i for i, k in enumerate(batch["index"].tolist())
+                if writer is None or not writer.is_done(k, path=batch["path"][i], mask=batch["mask_name"][i])]
         if not keep:
             return None
         if len(keep) < len(batch["index"]):

@@ -66,8 +66,24 @@ class PredictionWriter(BasePredictionWriter):
         if stage == "predict":
             check_settings(self.output_dir, run_settings(pl_module, getattr(trainer, "datamodule", None)))
 
-    def is_done(self, index: int) -> bool:
-        return (self.output_dir / "metrics" / f"{index:06d}.json").exists()
+    def is_done(self, index: int, *, path: str | None = None, mask: str | None = None) -> bool:
+        """Whether `index` has its outputs. Given the item's image `path` and `mask` name, also checks that
+        the stored outputs are of that image and mask type: with several mask types, dataset index k is
+        (image k mod N, mask k div N), so a rerun with another data.num_images N maps the same index to
+        another observation, which must not be taken as done."""
+        f = self.output_dir / "metrics" / f"{index:06d}.json"
+        if not f.exists():
+            return False
+        if path is not None or mask is not None:
+            old = json.loads(f.read_text())
+            same_image = path is None or Path(str(old.get("path"))).name == Path(str(path)).name
+            if not same_image or (mask is not None and old.get("mask") != mask):
+                raise RuntimeError(
+                    f"{f} holds the {old.get('mask')} mask of {old.get('path')}, but dataset index {index} is now "
+                    f"the {mask} mask of {path}: the map from index to (image, mask) changed (data.num_images "
+                    "or the mask list differs from the run that wrote this folder). Rerun with that run's "
+                    "data.num_images, or write to a new folder.")
+        return True
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
                            dataloader_idx) -> None:
@@ -124,7 +140,8 @@ def _prior_id(prior) -> dict:  # noqa: ANN001
 
 def run_settings(pl_module, datamodule=None) -> dict:  # noqa: ANN001
     """Everything that changes an image's results, JSON-ready: not the batch size, device count or
-    num_images (results do not depend on them, and adding images to a run is a valid resume)."""
+    num_images (results do not depend on them; with one mask type adding images to a run is a valid
+    resume, with several the index map changes and `PredictionWriter.is_done` stops the run)."""
     hp = {k: v for k, v in dict(getattr(pl_module, "hparams", {})).items() if k not in ("method", "method_options")}
     out = {"method": getattr(pl_module, "method", None),
            "method_options": dict(getattr(pl_module, "method_options", {}) or {}),
