@@ -212,3 +212,26 @@ def test_q_noise_level_script(tmp_path, tiny_pixel_prior, tiny_imagefolder):
     assert all(r["mean_eps_sq"] > 0 for r in rows) and all(r["rec"] > 0 for r in rows[2:])
     assert rows[3]["z_std"] > rows[5]["z_std"]
     assert "| chain | keypoint |" in (tmp_path / "q_noise_level.md").read_text()
+
+
+def test_hole_ink_by_hand(tmp_path):
+    """benchmarks/hole_ink.py: hole means of samples and truth, per mask and overall, against hand values."""
+    mod = _load_script("benchmarks/hole_ink.py")
+    m = tmp_path / "demo"
+    (m / "samples").mkdir(parents=True)
+    (m / "metrics").mkdir()
+    mask = np.ones((1, 2, 2), np.float32)
+    mask[0, 0] = 0                                           # hole: the top row
+    image = -np.ones((1, 2, 2), np.float32)
+    image[0, 0, 0] = 1                                       # truth ink in the hole: (1 + 0) / 2 = 0.5
+    samples = -np.ones((2, 1, 2, 2), np.float32)
+    samples[0, 0, 0] = 1                                     # sample ink 1.0 and 0.0 → mean 0.5, |err| 0.5
+    for i, kind in enumerate(["box", "half"]):
+        np.savez(m / "samples" / f"{i:06d}.npz", samples=samples, image=image, mask=mask)
+        (m / "metrics" / f"{i:06d}.json").write_text(json.dumps({"index": i, "mask": kind}))
+    rows = {r["mask"]: r for r in [{"mask": k, **v} for k, v in mod.hole_ink(m).items()]}
+    assert set(rows) == {"box", "half", "all"} and rows["all"]["images"] == 2
+    for r in rows.values():
+        assert (r["ink_samples"], r["ink_truth"], r["ink_abs_error"]) == pytest.approx((0.5, 0.5, 0.5))
+    mod.main(["--out", str(tmp_path)])
+    assert "| demo | all | 2 | 0.5 | 0.5 | 0.5 |" in (tmp_path / "hole_ink.md").read_text()
