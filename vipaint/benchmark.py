@@ -309,15 +309,16 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> None:
              for m in methods]
     tiles = [t for t in tiles if t]
     if tiles:
-        w = max(sum(im.width for im in row) + 8 * len(row) for row in tiles)
-        h = sum(row[0].height + 6 for row in tiles)
-        canvas = Image.new("RGB", (w + 90, h), "white")
         from PIL import ImageDraw
 
+        w = max(sum(im.width for im in row) + 8 * len(row) for row in tiles)
+        h = sum(row[0].height + 6 for row in tiles)
+        label_w = max(90, 12 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(m)) for m in methods))
+        canvas = Image.new("RGB", (w + label_w, h), "white")
         draw, y = ImageDraw.Draw(canvas), 0
         for m, row in zip(methods, tiles):
             draw.text((4, y + row[0].height // 2 - 6), m, fill="black")
-            x = 90
+            x = label_w
             for im in row:
                 canvas.paste(im, (x, y))
                 x += im.width + 8
