@@ -15,7 +15,7 @@ PRIOR ?= fashion_mnist
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast eval train-prior benchmark clean
+.PHONY: help install lint test test-fast eval train-prior benchmark clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n",$$1,$$2}'
@@ -28,6 +28,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install vipaint with its pinned dependencies
+
+lint: install ## ruff over the package, tests, benchmarks and scripts (settings in pyproject.toml)
+	$(VENV)/bin/ruff check vipaint tests benchmarks scripts
 
 test: install ## all CPU tests, including the 2-process DDP test (GPU tests are skipped without CUDA)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
