@@ -1,36 +1,20 @@
-"""Inpainting masks (ALGORITHM.md §6): generators for the paper's protocols plus user mask files.
-
-Convention everywhere in the project: a mask is a float32 tensor [1, H, W] with values in {0., 1.};
-**1 = observed pixel, 0 = hole** (the region to inpaint). Generators are plain picklable classes with
-simple typed keyword-only arguments, so they can be built from LightningCLI YAML
-(`class_path: vipaint.masks.BoxMask`, `init_args: {size: 0.5}`) or by name with `mask_from_name`.
-
-Every random mask is drawn from its own stream `derive_seed(seed, index, "mask")`, so it depends only
-on (global seed, dataset index, size), never on batch composition, rank or global RNG state. Sizes
-are fractions of the image side and pixel widths are given at 256² and scaled by H/256 (minimum 1 px),
-so every generator works at any resolution.
-"""
+"""Random mask generators of the paper's protocols (docs/algorithm.md §6): box, half-plane ("rotated window"),
+free-form ("random"), lines and i.i.d. pixels, each drawn from its own stream `derive_seed(seed, index, "mask")`."""
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from vipaint.masks.base import MaskGenerator
 from vipaint.seeding import derive_seed
 
-__all__ = ["MaskGenerator", "BoxMask", "HalfPlaneMask", "FreeFormMask", "LineMask", "RandomPixelMask",
-           "FileMask", "MASKS", "mask_from_name", "hole_ratio", "check_mask"]
-
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_ARRAY_EXTS = (".npy", ".npz")
+__all__ = ["BoxMask", "HalfPlaneMask", "FreeFormMask", "LineMask", "RandomPixelMask"]
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:
@@ -40,42 +24,6 @@ def _rng(seed: int, index: int) -> np.random.Generator:
 def _scaled_px(px: float, height: int) -> int:
     """A width given in pixels at 256² scaled to an image of height `height` (at least 1 px)."""
     return max(1, int(round(px * height / 256)))
-
-
-class MaskGenerator(ABC):
-    """Base class: `gen(index=i, seed=s, size=(H, W))` → float32 [1, H, W] in {0, 1}, 1 = observed.
-
-    Subclasses implement `_generate(index, seed, height, width)` returning a boolean or {0, 1} array
-    or tensor of shape [H, W] with True/1 = observed; `__call__` validates and converts it.
-    """
-
-    name: str = "mask"
-
-    def __call__(self, *, index: int, seed: int, size: tuple[int, int]) -> Tensor:
-        """The mask of dataset item `index` under global seed `seed`.
-
-        Args:
-            index: dataset index (selects the random stream, or the file for `FileMask`).
-            seed: global experiment seed.
-            size: (H, W) of the image.
-
-        Returns:
-            float32 tensor [1, H, W] with values in {0., 1.}; 1 = observed pixel, 0 = hole.
-        """
-        if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-            raise ValueError(f"{type(self).__name__}: size must be (H, W) with positive ints, got {size!r}")
-        h, w = int(size[0]), int(size[1])
-        out = self._generate(int(index), int(seed), h, w)
-        out = out if isinstance(out, Tensor) else torch.from_numpy(np.ascontiguousarray(out))
-        return (out != 0).to(torch.float32).reshape(1, h, w)
-
-    @abstractmethod
-    def _generate(self, index: int, seed: int, height: int, width: int) -> np.ndarray | Tensor:
-        """[H, W] array, True/1 = observed."""
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({args})"
 
 
 class BoxMask(MaskGenerator):
@@ -294,156 +242,3 @@ class RandomPixelMask(MaskGenerator):
 
     def _generate(self, index: int, seed: int, height: int, width: int) -> np.ndarray:
         return _rng(seed, index).random((height, width)) >= self.p
-
-
-class FileMask(MaskGenerator):
-    """Masks read from files: PNG/JPG/BMP/TIFF/WEBP images or NumPy `.npy` / `.npz` arrays.
-
-    **Convention: white / 1 = observed, black / 0 = hole** (as everywhere in the project). For files
-    where white marks the hole (e.g. many free-form mask datasets), set `invert=True`.
-
-    Item `index` uses file `index % n` (files of a folder sorted by name; a list in its own order).
-    Values are mapped to [0, 1] (kept when the maximum is ≤ 1, else divided by 255, or by 65535 above
-    255), checked to be binary, thresholded at 0.5 and resized to `size` with nearest-neighbour.
-    Colour images are converted to grey; a `.npz` must hold a single array or one named "mask".
-
-    Args:
-        path: a folder (all mask files in it, sorted by name), one file, or a list of files.
-        invert: set True when white / 1 marks the hole in the files.
-        binarize: threshold non-binary files at 0.5 instead of raising an error.
-        max_nonbinary: fraction of pixels allowed to be neither 0 nor 1 (e.g. anti-aliasing) before a
-            file counts as non-binary.
-    """
-
-    name = "file"
-
-    def __init__(self, *, path: str | list[str], invert: bool = False, binarize: bool = False,
-                 max_nonbinary: float = 0.01) -> None:
-        if isinstance(path, (str, Path)):
-            root = Path(path).expanduser()
-            if not root.exists():
-                raise FileNotFoundError(f"FileMask: mask path '{root}' does not exist; pass an existing folder "
-                                        "of mask images (.png/.npy/.npz) or a list of files")
-            if root.is_dir():
-                files = sorted(p for p in root.iterdir()
-                               if p.is_file() and p.suffix.lower() in _IMAGE_EXTS + _ARRAY_EXTS)
-                if not files:
-                    raise FileNotFoundError(f"FileMask: folder '{root}' holds no mask files with extensions "
-                                            f"{_IMAGE_EXTS + _ARRAY_EXTS}; put the masks there or pass a list")
-            else:
-                files = [root]
-        else:
-            files = [Path(p).expanduser() for p in path]
-            if not files:
-                raise ValueError("FileMask: the list of mask files is empty; pass a folder or at least one file")
-            for p in files:
-                if not p.is_file():
-                    raise FileNotFoundError(f"FileMask: mask file '{p}' does not exist; fix the path in `path`")
-        self.files = [str(p) for p in files]
-        self.invert, self.binarize, self.max_nonbinary = bool(invert), bool(binarize), float(max_nonbinary)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def load(self, file: str) -> np.ndarray:
-        """One file as a float64 [h, w] array mapped to [0, 1] (before the binary check)."""
-        suffix = Path(file).suffix.lower()
-        try:
-            if suffix == ".npy":
-                arr = np.load(file, allow_pickle=False)
-            elif suffix == ".npz":
-                with np.load(file, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-            else:
-                with Image.open(file) as img:
-                    if img.mode not in ("1", "L") and not img.mode.startswith(("I", "F")):
-                        img = img.convert("L")
-                    arr = np.asarray(img)
-        except Exception as e:  # noqa: BLE001 - any decoder error means the file is unusable
-            raise ValueError(f"FileMask: cannot read mask file '{file}' ({type(e).__name__}: {e}); replace it "
-                             "with a valid PNG/JPG image or .npy/.npz array") from e
-        if suffix == ".npz":
-            if "mask" not in arrays and len(arrays) != 1:
-                raise ValueError(f"FileMask: '{file}' holds arrays {sorted(arrays)}; store a single array or "
-                                 "name it 'mask'")
-            arr = arrays["mask"] if "mask" in arrays else next(iter(arrays.values()))
-        arr = np.asarray(arr)
-        if arr.ndim == 3 and min(arr.shape[0], arr.shape[-1]) <= 4:  # [H, W, C] or [C, H, W]: grey
-            arr = np.moveaxis(arr, -1 if arr.shape[-1] <= 4 else 0, 0)[:3].astype(np.float64).mean(0)
-        if arr.ndim != 2 or arr.size == 0:
-            raise ValueError(f"FileMask: mask file '{file}' has shape {arr.shape}; expected [H, W] (or one channel)")
-        if arr.dtype == bool:
-            return arr.astype(np.float64)
-        arr = arr.astype(np.float64)
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 65535:
-            raise ValueError(f"FileMask: mask file '{file}' has values outside [0, 65535] or NaN/inf; store 0/1 "
-                             "or 0/255 values")
-        peak = arr.max()  # 0/1 files as they are, else an 8-bit or a 16-bit range
-        return arr / (1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0)
-
-    def _generate(self, index: int, seed: int, height: int, width: int) -> Tensor:
-        file = self.files[index % len(self.files)]
-        arr = self.load(file)
-        nonbinary = float(np.mean((np.abs(arr) > 1e-6) & (np.abs(arr - 1) > 1e-6)))
-        if nonbinary > self.max_nonbinary and not self.binarize:
-            raise ValueError(f"FileMask: mask file '{file}' is not binary ({nonbinary:.1%} of pixels are neither "
-                             "black nor white); save it as a 0/255 (or 0/1) image, or pass binarize=True to threshold "
-                             "it at 0.5")
-        m = torch.from_numpy(arr >= 0.5).to(torch.float32)[None, None]
-        if m.shape[-2:] != (height, width):
-            m = F.interpolate(m, size=(height, width), mode="nearest-exact")
-        m = m[0, 0] > 0.5
-        return ~m if self.invert else m
-
-
-MASKS: dict[str, type[MaskGenerator]] = {
-    "box": BoxMask, "half": HalfPlaneMask, "freeform": FreeFormMask,
-    "line": LineMask, "random": RandomPixelMask, "file": FileMask,
-}
-
-
-def mask_from_name(name: str, **kwargs: object) -> MaskGenerator:
-    """Build a mask generator by short name: one of `MASKS` ("box", "half", "freeform", "line",
-    "random" = i.i.d. pixels, "file"); `kwargs` are the class's constructor arguments."""
-    try:
-        cls = MASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown mask type {name!r}; choose one of {sorted(MASKS)} "
-                         "(the paper's 'Random' masks are 'freeform')") from None
-    return cls(**kwargs)
-
-
-def hole_ratio(mask: Tensor) -> float:
-    """Fraction of hole (0) pixels of a {0, 1} mask of any shape (1 = observed)."""
-    return 1.0 - float(mask.to(torch.float64).mean())
-
-
-def check_mask(mask: Tensor, *, where: str) -> Tensor:
-    """Validate a user-supplied mask and return it as float32 {0, 1} of shape [1, H, W].
-
-    Args:
-        mask: [1, H, W] or [H, W] tensor (bool or numeric) with 1 = observed, 0 = hole.
-        where: where the mask came from, used in error messages (e.g. "dataset index 7 (file
-            masks/007.png)").
-
-    Raises:
-        ValueError: wrong shape, values other than 0/1, nothing observed, or no hole.
-    """
-    if not isinstance(mask, Tensor):
-        raise ValueError(f"{where}: mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]
-    if mask.ndim != 2 or mask.numel() == 0:
-        raise ValueError(f"{where}: mask has shape {tuple(mask.shape)}; expected [1, H, W] or [H, W] "
-                         "(one channel shared by all image channels)")
-    m = mask.detach().to(torch.float32)
-    if not bool(((m == 0) | (m == 1)).all()):
-        raise ValueError(f"{where}: mask is not binary (values other than 0 and 1, e.g. "
-                         f"{m[(m != 0) & (m != 1)][:3].tolist()}); threshold it (mask > 0.5) or map 0/255 to 0/1")
-    if not bool(m.any()):
-        raise ValueError(f"{where}: mask has no observed pixel (all 0 = hole); 1 marks observed pixels — "
-                         "if your file uses white = hole, invert it (FileMask(invert=True))")
-    if bool(m.all()):
-        raise ValueError(f"{where}: mask has no hole (all 1 = observed), so there is nothing to inpaint; "
-                         "0 marks holes — if your file uses white = hole, invert it (FileMask(invert=True))")
-    return m.unsqueeze(0).contiguous()
