@@ -40,9 +40,9 @@ def _select(lines: list[str], columns: list[str], source: str) -> list[str]:
     if missing:
         raise SystemExit(f"table marker asks for columns {missing} that {source} does not have ({header})")
     idx = [header.index(c) for c in columns]
-    rows = [_cells(ln) for ln in lines]
-    rows[1] = ["---"] * len(header)
-    return ["| " + " | ".join(r[i] for i in idx) + " |" for r in rows]
+    rows = ["| " + " | ".join(_cells(ln)[i] for i in idx) + " |" for ln in lines]
+    rows[1] = "|" + "---|" * len(idx)
+    return rows
 
 
 def table(path: Path, columns: list[str] | None = None) -> str:
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check", action="store_true", help="exit 1 if any doc's tables are out of date")
     args = p.parse_args(argv)
     stale = []
-    for path in doc_files():
+    for path in doc_files(ROOT):
         old = path.read_text()
-        new = fill(old)
+        new = fill(old, ROOT)
         if new == old:
             continue
         stale.append(path.relative_to(ROOT).as_posix())
