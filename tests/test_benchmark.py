@@ -160,26 +160,6 @@ def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagef
         benchmark.main(["--spec", str(spec), "--bogus"])
 
 
-def test_readme_tables_are_copies_of_the_committed_results():
-    """Every README table behind a `<!-- table: PATH -->` marker equals the table in PATH (regenerate
-    with `python scripts/readme_tables.py`)."""
-    mod = _load_script("scripts/readme_tables.py")
-    readme = (ROOT / "README.md").read_text()
-    assert readme.count("<!-- table: ") >= 6
-    assert mod.fill(readme) == readme, "README tables differ from benchmarks/results: run scripts/readme_tables.py"
-    broken = readme.replace("| vipaint | 16 | 251 | 0.02748", "| vipaint | 16 | 251 | 0.01000", 1)
-    assert broken != readme and mod.fill(broken) == readme
-    # a new marker without a placeholder gets its table inserted; the tables further down are untouched
-    marker = "<!-- table: benchmarks/results/exact_methods.md -->\n"
-    first = readme.index(marker) + len(marker)
-    block = readme[first:readme.index("\n\n", first) + 1]
-    bare = readme[:first] + "\n" + readme[first + len(block):]
-    filled = mod.fill(bare)
-    assert filled == readme[:first] + block + "\n" + readme[first + len(block):]
-    with pytest.raises(SystemExit, match="does not exist"):
-        mod.fill("<!-- table: benchmarks/results/no_such/summary.md -->\n")
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_speed_benchmark_runs_and_float64_batching_is_exact(tmp_path, tiny_pixel_prior, tiny_imagefolder, dtype):
     """benchmarks/speed.py end to end on a tiny prior; in float64, one image per call and the batched run
