@@ -134,7 +134,7 @@ class _NoExactPrior(Prior):
     def latent_shape(self) -> tuple[int, int, int]:
         return SHAPE
 
-    def eps(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
+    def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         return torch.zeros_like(z)
 
 
