@@ -10,8 +10,7 @@ from torch import Tensor
 
 import vipaint
 from vipaint.methods import METHODS
-from vipaint.methods.reference import spaced_times
-from vipaint.methods.repaint import jump_schedule
+from vipaint.methods.steps import jump_schedule, spaced_times
 from vipaint.operators import Downsample, GaussianBlur, Inpainting
 from vipaint.priors import SyntheticMixturePrior
 from vipaint.priors.base import Prior
