@@ -10,7 +10,8 @@ rest of its batch. Summing the per-sample norms gives each sample its own gradie
 
 With a latent prior D is the decoder and the gradient flows through it ("latent DPS"). Defaults:
 1000 steps, ζ = 0.5 (inpainting; the official configs use 0.3 for SR ×4 and Gaussian deblur).
-NFE = n_steps, each with one backward pass through the network (and decoder).
+NFE = n_steps, each with one backward pass through the network (and decoder). Each step is
+`vipaint.sampling.guided_step` (the one VIPaint's refinement takes) with `clip="energy"`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ x + Aᵀ(y − Ax), as in the official code (which calls `operator.transpose`). 
 with a differentiable vector-Jacobian product so the gradient flows through every term.
 
 Latent priors only (pixel priors: use `dps`). Defaults [repo `scripts/inverse.py`]: 1000 DDIM steps,
-η = 0, ω = 1, γ = 0.1. NFE = n_steps, each with one backward pass through UNet, decoder and encoder.
+η = 0, ω = 1, γ = 0.1. NFE = n_steps, each with one backward pass through UNet, decoder and encoder. Each step is
+`vipaint.sampling.guided_step` with ζ = 1 (ω and γ weight the energy).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -127,7 +128,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
 
 def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG, cfg: VIPaintConfig, *,
            likelihood: Likelihood | None = None, cond: Tensor | None = None,
-           progress: Progress | None = None) -> tuple[Tensor, int]:
+           progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
     """Stage 2 (docs/algorithm.md §4): guided DDIM from z_{T_s} [S, B, *latent] (T_s = the last keypoint) on
     `time_grid(T_s, cfg.refine_steps)`, guided by ζ ∇ ℓ(D(x̂0); y) with ℓ = `likelihood` (default
     `cfg.make_refine_likelihood()`), ζ/‖A(x̂) − y‖₂ per sample if `cfg.normalize_guidance`.
