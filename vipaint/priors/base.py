@@ -79,8 +79,10 @@ class Prior(nn.Module, ABC):
 
     # -- codec -----------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """Pixel images [*lead, *image_shape] in [−1, 1] → latents [*lead, *latent_shape] (identity for
-        pixel priors), in one `encode_flat` call on the flattened batch."""
+        """Pixel images [*lead, *image_shape] in [−1, 1] → latents [*lead, *latent_shape], in one
+        `encode_flat` call on the flattened batch; pixel priors (`is_latent` False) return `x` itself."""
+        if not self.is_latent:  # pixel priors: the input itself, no view (the old helpers' autograd graph)
+            return x
         lead = self._lead(x, len(self.image_shape))
         if len(lead) == 1:
             return self.encode_flat(x)
@@ -88,8 +90,10 @@ class Prior(nn.Module, ABC):
         return z.reshape(lead + tuple(z.shape[1:]))
 
     def decode(self, z: Tensor) -> Tensor:
-        """Latents [*lead, *latent_shape] → pixel images [*lead, *image_shape] in [−1, 1] (identity for
-        pixel priors); differentiable; one `decode_flat` call on the flattened batch."""
+        """Latents [*lead, *latent_shape] → pixel images [*lead, *image_shape] in [−1, 1], differentiable, in
+        one `decode_flat` call on the flattened batch; pixel priors (`is_latent` False) return `z` itself."""
+        if not self.is_latent:
+            return z
         lead = self._lead(z, len(self.latent_shape))
         if len(lead) == 1:
             return self.decode_flat(z)
