@@ -67,10 +67,11 @@ class Prior(nn.Module, ABC):
         network's own weights are frozen.
         """
         lead = self._lead(z, len(self.latent_shape))
-        n = math.prod(lead)
-        flat = z.reshape((n,) + tuple(z.shape[len(lead):]))
-        return self.eps_flat(flat, _flat_times(t, lead, z.device), _flat_cond(cond, lead),
-                             guidance_scale).reshape(z.shape)
+        tt, c = _flat_times(t, lead, z.device), _flat_cond(cond, lead)
+        if len(lead) == 1:      # already flat: no reshape, so the autograd graph is the flat call's own
+            return self.eps_flat(z, tt, c, guidance_scale)
+        flat = z.reshape((math.prod(lead),) + tuple(z.shape[len(lead):]))
+        return self.eps_flat(flat, tt, c, guidance_scale).reshape(z.shape)
 
     @abstractmethod
     def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
@@ -78,16 +79,24 @@ class Prior(nn.Module, ABC):
 
     # -- codec -----------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """Pixel images [*lead, *image_shape] in [−1, 1] → latents [*lead, *latent_shape] (identity for
-        pixel priors), in one `encode_flat` call on the flattened batch."""
+        """Pixel images [*lead, *image_shape] in [−1, 1] → latents [*lead, *latent_shape], in one
+        `encode_flat` call on the flattened batch; pixel priors (`is_latent` False) return `x` itself."""
+        if not self.is_latent:  # pixel priors: the input itself, no view (the old helpers' autograd graph)
+            return x
         lead = self._lead(x, len(self.image_shape))
+        if len(lead) == 1:
+            return self.encode_flat(x)
         z = self.encode_flat(x.reshape((math.prod(lead),) + tuple(x.shape[len(lead):])))
         return z.reshape(lead + tuple(z.shape[1:]))
 
     def decode(self, z: Tensor) -> Tensor:
-        """Latents [*lead, *latent_shape] → pixel images [*lead, *image_shape] in [−1, 1] (identity for
-        pixel priors); differentiable; one `decode_flat` call on the flattened batch."""
+        """Latents [*lead, *latent_shape] → pixel images [*lead, *image_shape] in [−1, 1], differentiable, in
+        one `decode_flat` call on the flattened batch; pixel priors (`is_latent` False) return `z` itself."""
+        if not self.is_latent:
+            return z
         lead = self._lead(z, len(self.latent_shape))
+        if len(lead) == 1:
+            return self.decode_flat(z)
         x = self.decode_flat(z.reshape((math.prod(lead),) + tuple(z.shape[len(lead):])))
         return x.reshape(lead + tuple(x.shape[1:]))
 
