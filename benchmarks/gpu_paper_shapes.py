@@ -51,11 +51,10 @@ if str(ROOT) not in sys.path:          # run from a checkout without `pip instal
     sys.path.insert(0, str(ROOT))
 
 from vipaint.masks import BoxMask  # noqa: E402
-from vipaint.methods.vipaint import VIPaintConfig, fit_posterior  # noqa: E402
+from vipaint.methods.vipaint import VIPaintConfig, fit_posterior, refine  # noqa: E402
 from vipaint.operators import Inpainting  # noqa: E402
 from vipaint.posterior import sample_chain  # noqa: E402
 from vipaint.priors import ClassEmbedder, DiffusersPrior  # noqa: E402
-from vipaint.sampling import guided_denoise  # noqa: E402
 from vipaint.seeding import ImageRNG  # noqa: E402
 
 MODELS = ("lsun_church_ldm", "cin256_v2")
@@ -210,11 +209,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
             with torch.no_grad():
                 z = sample_chain(post, prior, s, rng, eta=cfg.eta_fit, cond=cond,
                                  guidance_scale=cfg.fit_guidance).z[-1]
-            samples, n_ref = guided_denoise(prior, op, y, z, rng, likelihood=cfg.make_likelihood(),
-                                            t_start=cfg.keypoints[-1], n_steps=cfg.refine_steps, zeta=cfg.zeta,
-                                            eta=cfg.eta_refine, stochastic=cfg.stochastic,
-                                            normalize=cfg.normalize_guidance, cond=cond,
-                                            guidance_scale=cfg.refine_guidance, progress=ref.tick)
+            samples, n_ref = refine(prior, op, y, z, rng, cfg, likelihood=cfg.make_likelihood(), cond=cond,
+                                    progress=ref.tick)
         row.update(ref.summary("refine"))
         row["refine_steps_run"] = n_ref
         row["samples_finite"] = bool(torch.isfinite(samples).all()) and not bool(failed.any())

@@ -10,8 +10,7 @@ from torch import Tensor
 
 import vipaint
 from vipaint.methods import METHODS
-from vipaint.methods.reference import spaced_times
-from vipaint.methods.repaint import jump_schedule
+from vipaint.methods.steps import jump_schedule, spaced_times
 from vipaint.operators import Downsample, GaussianBlur, Inpainting
 from vipaint.priors import SyntheticMixturePrior
 from vipaint.priors.base import Prior
@@ -134,7 +133,7 @@ class _NoExactPrior(Prior):
     def latent_shape(self) -> tuple[int, int, int]:
         return SHAPE
 
-    def eps(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
+    def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         return torch.zeros_like(z)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "tweedie_x0", "eps_from_x0", "ddim_sigma", "ddim_mean", "ddpm_posterior", "bridge_posterior",
+    "tweedie_x0", "eps_from_x0", "ddim_sigma", "ddim_mean", "ddim_step", "ddpm_posterior", "bridge_posterior",
     "gaussian_kl", "gaussian_nll", "edm_time_grid", "bcast",
 ]
 
@@ -41,6 +41,16 @@ def ddim_sigma(abar_t: Tensor, abar_prev: Tensor, eta: float | Tensor) -> Tensor
 def ddim_mean(x0: Tensor, eps: Tensor, abar_prev: Tensor, sigma: Tensor) -> Tensor:
     """DDIM mean m_θ = α_s x̂0 + √(1−ᾱ_s−s²) ε̂ (ALGORITHM.md §2 transitions, §4 refinement)."""
     return abar_prev.sqrt() * x0 + (1.0 - abar_prev - sigma ** 2).clamp_min(0.0).sqrt() * eps
+
+
+def ddim_step(x0: Tensor, eps: Tensor, abar_t: Tensor, abar_prev: Tensor, eta: float | Tensor,
+              noise: Tensor | None) -> Tensor:
+    """DDIM(η) step z_s = α_s x̂0 + √(1−ᾱ_s−s²) ε̂ + s ξ, s = `ddim_sigma` (docs/algorithm.md §2 transitions,
+    §4 refinement); η = 1 is the DDPM ancestral step (same mean and variance as q(z_s | z_t, x̂0)); into
+    ᾱ_s = 1 it returns x̂0. Without `noise` (ξ) it returns the mean."""
+    sig = ddim_sigma(abar_t, abar_prev, eta)
+    z = ddim_mean(x0, eps, abar_prev, sig)
+    return z + sig * noise if noise is not None else z
 
 
 def ddpm_posterior(x0: Tensor, z_t: Tensor, abar_t: Tensor, abar_s: Tensor) -> tuple[Tensor, Tensor]:

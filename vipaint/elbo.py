@@ -92,19 +92,17 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
     j = ((torch.arange(s, device=abar.device)[:, None] + u) * n_int / s).long().clamp(max=n_int - 1)
     ab_rel = bcast(abar[grid[j + 1]] / abar[grid[0]], z_e)
     z_t = ab_rel.sqrt() * z_e + (1 - ab_rel).sqrt() * rng.randn(s, *latent, batch_dim=1).to(z_e)
-    c = cond.repeat(2 * s) if cond is not None else None
-    t_cat = torch.cat([torch.full((s * b,), post.keypoints[0], device=abar.device), grid[j + 1].flatten()])
-    e = prior.eps(torch.cat([z_e, z_t]).reshape((2 * s * b,) + latent), t_cat, c).reshape((2 * s, b) + latent)
+    t_cat = torch.cat([torch.full((s, b), post.keypoints[0], device=abar.device), grid[j + 1]])      # [2S, B]
+    e = prior.eps(torch.cat([z_e, z_t]), t_cat, cond)                                              # one call
     eps_top, eps_t = e[:s], e[s:]
 
     entropy = 0.5 * (post.top_logvar() + math.log(2 * math.pi * math.e)).flatten(1).sum(-1)   # [B]
     l_prior = _prior_terms(z_e, z_t, eps_t, j, grid, abar) - entropy                           # [S, B]
     chain = chain_from(post, prior, z_e, rng, eta=eta, cond=cond, eps_top=eps_top)
     z_s = chain.z[-1]
-    t_s = torch.full((s * b,), post.keypoints[-1], device=abar.device)
-    e_s = prior.eps(z_s.reshape((s * b,) + latent), t_s, cond.repeat(s) if cond is not None else None)
-    x_hat = prior.decode(tweedie_x0(z_s.reshape((s * b,) + latent), e_s, abar[post.keypoints[-1]]))
-    l_rec = likelihood(x_hat.reshape((s, b) + tuple(x_hat.shape[1:])), y, operator)           # [S, B]
+    e_s = prior.eps(z_s, post.keypoints[-1], cond)
+    x_hat = prior.decode(tweedie_x0(z_s, e_s, abar[post.keypoints[-1]]))                            # [S, B, *image]
+    l_rec = likelihood(x_hat, y, operator)                                                         # [S, B]
 
     scale = 1.0 / d if reduction == "mean" else 1.0
     objective = beta_prior * scale * l_prior + beta_hier * scale * chain.kl + l_rec

@@ -96,16 +96,10 @@ def chain_from(post: HierarchicalPosterior, prior: Prior, z_top: Tensor, rng: Im
     s, b = z_top.shape[:2]
     latent = tuple(zs[0].shape[2:])
     kl = zs[0].new_zeros(s, b)
-    c = cond.repeat(s) if cond is not None else None
     abs_ = prior.alpha_bar(torch.tensor(post.keypoints)).to(zs[0])
     for k in range(len(post.keypoints) - 1):
         z = zs[-1]
-        flat = z.reshape((s * b,) + latent)
-        if k == 0 and eps_top is not None:
-            e = eps_top
-        else:
-            t = torch.full((s * b,), post.keypoints[k], device=z.device, dtype=torch.long)
-            e = prior.eps(flat, t, c, guidance_scale).reshape(z.shape)
+        e = eps_top if k == 0 and eps_top is not None else prior.eps(z, post.keypoints[k], cond, guidance_scale)
         x0 = tweedie_x0(z, e, abs_[k])
         sig = ddim_sigma(abs_[k], abs_[k + 1], eta)
         m_p = ddim_mean(x0, e, abs_[k + 1], sig)

@@ -1,77 +1,149 @@
-"""Gradient-guided denoising from a time t_start to 0 (ALGORITHM.md §4), shared by VIPaint's stage 2
-and DPS-style peers."""
+"""One gradient-guided DDIM step (docs/algorithm.md §4), shared by VIPaint's stage 2 and the guided peers
+(DPS, PSLD; docs/algorithm.md §10.1–§10.2), and the package's time convention.
+
+Time convention (every module): a time t ≥ 0 indexes the prior's schedule ᾱ_t (`Prior.alpha_bar`) and is
+a network time; `CLEAN` = −1 is the clean image (ᾱ = 1), never passed to the network. A time grid lists
+network times in descending order; the step out of its last time lands on `CLEAN` (`descend`). So n
+grid times cost exactly n network passes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import bcast, ddim_mean, ddim_sigma, tweedie_x0
-from vipaint.likelihood import Likelihood
-from vipaint.operators import LinearOperator
+from vipaint.diffusion import bcast, ddim_step, tweedie_x0
 from vipaint.priors.base import Prior
 from vipaint.seeding import ImageRNG
 
-__all__ = ["time_grid", "guided_denoise"]
+__all__ = ["CLEAN", "abar", "descend", "time_grid", "Energy", "GuidedStep", "GuidedStepOut", "guided_step",
+           "guided_denoise"]
+
+CLEAN = -1
+"""The clean time: ᾱ = 1, no network call."""
+
+Energy = Callable[[Tensor, Tensor], Tensor]
+"""Guidance energy: (decoded x̂ [S, B, *image], latent x̂0 [S, B, *latent]) → per-sample energies [S, B]."""
+
+
+def abar(prior: Prior, t: int, like: Tensor) -> Tensor:
+    """ᾱ_t as a 0-d tensor with `like`'s dtype and device; ᾱ = 1 at t = `CLEAN`."""
+    if t == CLEAN:
+        return torch.ones((), dtype=like.dtype, device=like.device)
+    if t < 0:
+        raise ValueError(f"times are >= 0 or CLEAN = {CLEAN}, got {t}")
+    return prior.alpha_bar(t).to(device=like.device, dtype=like.dtype)
+
+
+def descend(times: list[int]) -> list[tuple[int, int]]:
+    """The steps (t, t_prev) of a descending grid of network times, the last one into `CLEAN`."""
+    return list(zip(times, times[1:] + [CLEAN], strict=True))
 
 
 def time_grid(t_start: int, n_steps: int | None) -> list[int]:
-    """Descending times t_start = t_0 > … > t_n = 0: every step when `n_steps` is None or ≥ t_start,
-    else `n_steps` near-uniform steps."""
+    """VIPaint's refinement grid (docs/algorithm.md §4, "for t = T_s, …, 1"): network times t_start > … ≥ 1,
+    every time when `n_steps` is None or ≥ t_start, else `n_steps` near-uniform ones; then `CLEAN`."""
     if n_steps is None or n_steps >= t_start:
-        return list(range(t_start, -1, -1))
+        return list(range(t_start, 0, -1))
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     ts = torch.linspace(t_start, 0, n_steps + 1).round().long().tolist()
-    return sorted(set(ts), reverse=True)
+    return sorted(set(ts) - {0}, reverse=True)
 
 
-def guided_denoise(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG, *,
-                   likelihood: Likelihood, t_start: int, n_steps: int | None = None, zeta: float = 2.0,
-                   eta: float = 0.2, stochastic: bool = False, normalize: bool = False,
-                   cond: Tensor | None = None, guidance_scale: float = 1.0, clip_x0: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
-    """Refine z_{t_start} [S, B, *latent] to an image [S, B, *image] (ALGORITHM.md §4):
+@dataclass(frozen=True)
+class GuidedStep:
+    """Settings of one guided DDIM step.
 
-        ε̂ = ε_θ(z_t, t); x̂0 = (z_t − σ_t ε̂)/α_t;
-        z'_{t−1} = α_{t−1} x̂0 + √(1 − ᾱ_{t−1} − ŝ²) ε̂ [+ ŝ ξ if stochastic], ŝ = η·(DDPM posterior std);
-        z_{t−1} = z'_{t−1} − ζ ∇_{z_t} ℓ(D(x̂0(z_t)); y)   (ζ/‖A(x̂) − y‖ per sample if `normalize`).
-
-    The gradient of ℓ summed over samples and images is the per-sample gradient, since each term only
-    depends on its own z. Returns D(x̂0) of the last step and the number of ε_θ passes (each with backprop).
+    zeta: step size ζ on ∇_{z_t} energy (0: the plain DDIM(η) step, no backprop).
+    eta: DDIM η (1 = DDPM ancestral variance).
+    stochastic: add ŝ ξ with ξ from the per-image rng (never into `CLEAN`).
+    clip: clamp x̂0 to [−1, 1] (pixel priors only): "off"; "energy" — only for the energy (DPS);
+        "both" — also in the DDIM update (VIPaint's `clip_x0`).
+    guidance_scale: classifier-free guidance g of ε_θ.
     """
-    s, b = z.shape[:2]
-    latent = tuple(z.shape[2:])
-    times = time_grid(t_start, n_steps)
-    c = cond.repeat(s) if cond is not None else None
-    x_img = None
-    for i, (t, t_prev) in enumerate(zip(times[:-1], times[1:])):
-        ab_t = prior.alpha_bar(t).to(z)
-        ab_prev = prior.alpha_bar(t_prev).to(z) if t_prev > 0 else torch.ones((), device=z.device)
-        z = z.detach().requires_grad_(zeta != 0)
-        with torch.set_grad_enabled(zeta != 0):
-            tt = torch.full((s * b,), t, device=z.device, dtype=torch.long)
-            e = prior.eps(z.reshape((s * b,) + latent), tt, c, guidance_scale).reshape(z.shape)
-            x0 = tweedie_x0(z, e, ab_t)
-            if clip_x0:
-                x0 = x0.clamp(-1, 1) if not prior.is_latent else x0
-            x_img = prior.decode(x0.reshape((s * b,) + latent))
-            x_img = x_img.reshape((s, b) + tuple(x_img.shape[1:]))
-            grad = torch.zeros_like(z)
-            if zeta != 0:
-                energy = likelihood(x_img, y, operator)                               # [S, B]
-                (grad,) = torch.autograd.grad(energy.sum(), z)
-                if normalize:
-                    r = (operator(x_img) - y).flatten(2).norm(dim=-1).clamp_min(1e-8)
-                    grad = grad / bcast(r, grad)
-        sig = ddim_sigma(ab_t, ab_prev, eta)
-        z_prev = ddim_mean(x0.detach(), e.detach(), ab_prev, sig)
-        if stochastic and t_prev > 0:
-            z_prev = z_prev + sig * rng.randn(s, *latent, batch_dim=1).to(z)
-        z = (z_prev - zeta * grad).detach()
-        x_img = x_img.detach()
+
+    zeta: float = 0.0
+    eta: float = 1.0
+    stochastic: bool = False
+    clip: Literal["off", "energy", "both"] = "off"
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.clip not in ("off", "energy", "both"):
+            raise ValueError(f"clip must be 'off', 'energy' or 'both', got {self.clip!r}")
+
+
+class GuidedStepOut(NamedTuple):
+    """z_{t_prev} [S, B, *latent]; ε̂ and x̂0 of the update (detached); D(x̂0) as seen by the energy
+    (detached; None when neither the energy nor the caller needed it)."""
+
+    z: Tensor
+    eps: Tensor
+    x0: Tensor
+    image: Tensor | None
+
+
+def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, *, energy: Energy | None = None,
+                grad_norm: Callable[[Tensor], Tensor] | None = None, cond: Tensor | None = None,
+                rng: ImageRNG | None = None, need_image: bool = False) -> GuidedStepOut:
+    """One guided DDIM(η) step from network time t to t_prev (< t, or `CLEAN`) for z [S, B, *latent]
+    (docs/algorithm.md §4; DPS, docs/algorithm.md §10.1):
+
+        ε̂ = ε_θ(z_t, t, c); x̂0 = (z_t − σ_t ε̂)/α_t  (clamped per `opts.clip`);
+        z' = α_s x̂0 + √(1 − ᾱ_s − ŝ²) ε̂ [+ ŝ ξ if stochastic], ŝ = η·(DDPM posterior std);
+        z_s = z' − ζ ∇_{z_t} E(D(x̂0(z_t)), x̂0(z_t))   (∇ / grad_norm(D(x̂0)) per sample if given).
+
+    The gradient of the energies summed over [S, B] is each sample's own gradient, since each term only
+    depends on its own z. One network pass (with backprop when ζ ≠ 0); ξ is drawn from `rng` after it.
+    """
+    guided = opts.zeta != 0
+    if guided and energy is None:
+        raise ValueError("a guided step (zeta != 0) needs an energy")
+    ab_t, ab_prev = abar(prior, t, z), abar(prior, t_prev, z)
+    z = z.detach().requires_grad_(guided)
+    image = None
+    with torch.set_grad_enabled(guided):
+        e = prior.eps(z, t, cond, opts.guidance_scale)
+        x0 = tweedie_x0(z, e, ab_t)
+        x0_data = x0.clamp(-1, 1) if opts.clip != "off" and not prior.is_latent else x0
+        x0 = x0_data if opts.clip == "both" else x0
+        grad = torch.zeros_like(z)
+        if guided or need_image:
+            image = prior.decode(x0_data)
+        if guided:
+            (grad,) = torch.autograd.grad(energy(image, x0_data).sum(), z)
+            if grad_norm is not None:
+                grad = grad / bcast(grad_norm(image), grad)
+    noise = None
+    if opts.stochastic and t_prev != CLEAN:
+        if rng is None:
+            raise ValueError("a stochastic step needs an rng")
+        noise = rng.randn(z.shape[0], *z.shape[2:], batch_dim=1).to(z)
+    z_prev = ddim_step(x0.detach(), e.detach(), ab_t, ab_prev, opts.eta, noise)
+    return GuidedStepOut(z=(z_prev - opts.zeta * grad).detach(), eps=e.detach(), x0=x0.detach(),
+                         image=image.detach() if image is not None else None)
+
+
+def guided_denoise(prior: Prior, z: Tensor, times: list[int], opts: GuidedStep, *, energy: Energy | None = None,
+                   grad_norm: Callable[[Tensor], Tensor] | None = None, cond: Tensor | None = None,
+                   rng: ImageRNG | None = None, final_image: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> GuidedStepOut:
+    """`guided_step` down the descending network times `times` and into `CLEAN`, from z [S, B, *latent].
+    Returns the last step's output: `z` is the clean sample; `image` is D(x̂0) of the last network time
+    (computed for the last step when `final_image`). len(times) network passes."""
+    if not times:
+        raise ValueError("guided_denoise needs at least one network time")
+    out = None
+    steps = descend(times)
+    for i, (t, t_prev) in enumerate(steps):
+        out = guided_step(prior, z, t, t_prev, opts, energy=energy, grad_norm=grad_norm, cond=cond, rng=rng,
+                          need_image=final_image and i == len(steps) - 1)
+        z = out.z
         if progress is not None:
-            progress(i + 1, len(times) - 1)
-    return x_img, len(times) - 1
+            progress(i + 1, len(steps))
+    return out

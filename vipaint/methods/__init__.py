@@ -7,9 +7,10 @@ from vipaint.methods.base import MethodResult
 from vipaint.methods.copaint import copaint, copaint_tt
 from vipaint.methods.ddnm import ddnm
 from vipaint.methods.dps import dps
+from vipaint.methods.exact import exact
+from vipaint.methods.prior import prior_samples
 from vipaint.methods.psld import psld
 from vipaint.methods.reddiff import reddiff
-from vipaint.methods.reference import exact, prior_samples
 from vipaint.methods.repaint import repaint
 from vipaint.methods.vipaint import VIPaintConfig, vipaint
 

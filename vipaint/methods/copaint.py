@@ -30,12 +30,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import bcast, tweedie_x0
+from vipaint.diffusion import bcast, ddim_step, tweedie_x0
 from vipaint.methods.base import MethodResult, Progress
-from vipaint.methods.reference import abar, ddim_step, eps_sb, finish
-from vipaint.methods.repaint import forward_jump, jump_schedule, level_times
+from vipaint.methods.steps import finish, forward_jump, jump_schedule, level_times
 from vipaint.operators import Inpainting, LinearOperator
 from vipaint.priors.base import Prior
+from vipaint.sampling import CLEAN, abar
 from vipaint.seeding import ImageRNG
 
 __all__ = ["copaint", "copaint_tt", "optimize_xt"]
@@ -57,7 +57,7 @@ def optimize_xt(prior: Prior, z: Tensor, t: int, y: Tensor, m: Tensor, *, lr: fl
     origin = z.detach()
 
     def evaluate(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        e = eps_sb(prior, x, t, cond, guidance_scale)
+        e = prior.eps(x, t, cond, guidance_scale)
         x0 = tweedie_x0(x, e, ab)
         x0 = x0.clamp(-1, 1) if clip_x0 else x0
         return e, x0, _loss(x, x0, origin, y, m, coef)
@@ -136,7 +136,7 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         z, e, x0, calls = optimize_xt(prior, z, t, y, m, lr=step_lr, coef=coef, **opt)
         nfe, nbp = nfe + calls, nbp + n_opt
         with torch.no_grad():
-            z = ddim_step(x0, e, abar(prior, t, z), abar(prior, times[nxt] if nxt >= 0 else -1, z), 0.0, None)
+            z = ddim_step(x0, e, abar(prior, t, z), abar(prior, times[nxt] if nxt >= 0 else CLEAN, z), 0.0, None)
         lr, coef, reverse = lr * lr_decay, coef * coef_reg_decay, True
         done += 1
         bar(done, n_rev)

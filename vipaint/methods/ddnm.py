@@ -28,10 +28,10 @@ from torch import Tensor
 
 from vipaint.diffusion import tweedie_x0
 from vipaint.methods.base import MethodResult, Progress
-from vipaint.methods.reference import abar, decode_sb, encode_sb, eps_sb, finish
-from vipaint.methods.repaint import jump_schedule, level_times
+from vipaint.methods.steps import finish, jump_schedule, level_times
 from vipaint.operators import LinearOperator
 from vipaint.priors.base import Prior
+from vipaint.sampling import CLEAN, abar
 from vipaint.seeding import ImageRNG
 
 __all__ = ["ddnm", "null_space_projection"]
@@ -68,15 +68,15 @@ def ddnm(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, r
     done = 0
     with torch.no_grad():
         for cur, nxt in zip(levels[:-1], levels[1:]):
-            ab_nxt = abar(prior, times[nxt] if nxt >= 0 else -1, z)
+            ab_nxt = abar(prior, times[nxt] if nxt >= 0 else CLEAN, z)
             if nxt > cur:                                            # time travel back from the last x̂0|y
                 z = ab_nxt.sqrt() * x0y + (1 - ab_nxt).sqrt() * rng.randn(s, *shape, batch_dim=1).to(z)
                 continue
             ab_cur = abar(prior, times[cur], z)
-            e = eps_sb(prior, z, times[cur], cond, guidance_scale)
+            e = prior.eps(z, times[cur], cond, guidance_scale)
             z0 = tweedie_x0(z, e, ab_cur)
             if prior.is_latent:
-                x0y = encode_sb(prior, null_space_projection(operator, decode_sb(prior, z0), y, image))
+                x0y = prior.encode(null_space_projection(operator, prior.decode(z0), y, image))
             else:
                 z0 = z0.clamp(-1, 1) if clip_x0 else z0
                 x0y = null_space_projection(operator, z0, y, image)
@@ -88,5 +88,5 @@ def ddnm(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, r
                 z = x0y
             done += 1
             bar(done, n_rev)
-        x = decode_sb(prior, z)
+        x = prior.decode(z)
     return finish(x, nfe=n_rev, n_backprop=0)

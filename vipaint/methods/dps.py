@@ -10,7 +10,8 @@ rest of its batch. Summing the per-sample norms gives each sample its own gradie
 
 With a latent prior D is the decoder and the gradient flows through it ("latent DPS"). Defaults:
 1000 steps, ζ = 0.5 (inpainting; the official configs use 0.3 for SR ×4 and Gaussian deblur).
-NFE = n_steps, each with one backward pass through the network (and decoder).
+NFE = n_steps, each with one backward pass through the network (and decoder). Each step is
+`vipaint.sampling.guided_step` (the one VIPaint's refinement takes) with `clip="energy"`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import tweedie_x0
 from vipaint.methods.base import MethodResult, Progress
-from vipaint.methods.reference import (abar, ddim_step, decode_sb, eps_sb, finish, residual_norm,
-                                       spaced_times)
+from vipaint.methods.steps import finish, residual_norm, spaced_times
 from vipaint.operators import LinearOperator
 from vipaint.priors.base import Prior
+from vipaint.sampling import GuidedStep, guided_denoise
 from vipaint.seeding import ImageRNG
 
 __all__ = ["dps"]
@@ -42,26 +42,16 @@ def dps(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rn
         clip_x0: clamp x̂0 to [−1, 1] before the data term (the official code does; pixel priors only).
         guidance_scale: classifier-free guidance for class-conditional priors.
     """
-    s = n_samples
-    latent = tuple(prior.latent_shape)
     times = spaced_times(prior.num_timesteps, n_steps)
-    bar = Progress("DPS", progress)
-    z = rng.randn(s, *latent, batch_dim=1).to(y)
-    for i, t in enumerate(times):
-        t_prev = times[i + 1] if i + 1 < len(times) else -1
-        ab_t, ab_prev = abar(prior, t, z), abar(prior, t_prev, z)
-        z = z.detach().requires_grad_(zeta != 0)
-        with torch.set_grad_enabled(zeta != 0):
-            e = eps_sb(prior, z, t, cond, guidance_scale)
-            x0 = tweedie_x0(z, e, ab_t)
-            x0_data = x0.clamp(-1, 1) if clip_x0 and not prior.is_latent else x0
-            grad = torch.zeros_like(z)
-            if zeta != 0:
-                r = residual_norm(operator(decode_sb(prior, x0_data)) - y)          # [S, B]
-                (grad,) = torch.autograd.grad(r.sum(), z)
-        noise = rng.randn(s, *latent, batch_dim=1).to(z) if t_prev >= 0 and eta > 0 else None
-        z = (ddim_step(x0.detach(), e.detach(), ab_t, ab_prev, eta, noise) - zeta * grad).detach()
-        bar(i + 1, len(times))
+    opts = GuidedStep(zeta=zeta, eta=eta, stochastic=eta > 0, clip="energy" if clip_x0 else "off",
+                      guidance_scale=guidance_scale)
+
+    def energy(x: Tensor, _: Tensor) -> Tensor:
+        return residual_norm(operator(x) - y)                                          # [S, B]
+
+    z = rng.randn(n_samples, *prior.latent_shape, batch_dim=1).to(y)
+    z = guided_denoise(prior, z, times, opts, energy=energy, cond=cond, rng=rng,
+                       progress=Progress("DPS", progress)).z
     with torch.no_grad():
-        x = decode_sb(prior, z)
+        x = prior.decode(z)
     return finish(x, nfe=len(times), n_backprop=len(times) if zeta != 0 else 0)

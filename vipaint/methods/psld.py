@@ -12,7 +12,8 @@ x + Aᵀ(y − Ax), as in the official code (which calls `operator.transpose`). 
 with a differentiable vector-Jacobian product so the gradient flows through every term.
 
 Latent priors only (pixel priors: use `dps`). Defaults [repo `scripts/inverse.py`]: 1000 DDIM steps,
-η = 0, ω = 1, γ = 0.1. NFE = n_steps, each with one backward pass through UNet, decoder and encoder.
+η = 0, ω = 1, γ = 0.1. NFE = n_steps, each with one backward pass through UNet, decoder and encoder. Each step is
+`vipaint.sampling.guided_step` with ζ = 1 (ω and γ weight the energy).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import tweedie_x0
 from vipaint.methods.base import MethodResult, Progress
-from vipaint.methods.reference import (abar, ddim_step, decode_sb, encode_sb, eps_sb, finish,
-                                       residual_norm, spaced_times)
+from vipaint.methods.steps import finish, residual_norm, spaced_times
 from vipaint.operators import LinearOperator
 from vipaint.priors.base import Prior
+from vipaint.sampling import GuidedStep, guided_denoise
 from vipaint.seeding import ImageRNG
 
 __all__ = ["psld", "adjoint_differentiable"]
@@ -59,28 +59,22 @@ def psld(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, r
     if not prior.is_latent:
         raise ValueError(f"psld needs a latent prior (with an encoder/decoder); {type(prior).__name__} is a "
                          f"pixel prior — use method 'dps' instead")
-    s = n_samples
-    latent, image = tuple(prior.latent_shape), tuple(prior.image_shape)
+    image = tuple(prior.image_shape)
     times = spaced_times(prior.num_timesteps, n_steps)
-    bar = Progress("PSLD", progress)
     aty = operator.adjoint(y, image)                                                   # Aᵀy [B, ...]
-    z = rng.randn(s, *latent, batch_dim=1).to(y)
-    for i, t in enumerate(times):
-        t_prev = times[i + 1] if i + 1 < len(times) else -1
-        ab_t, ab_prev = abar(prior, t, z), abar(prior, t_prev, z)
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            e = eps_sb(prior, z, t, cond, guidance_scale)
-            z0 = tweedie_x0(z, e, ab_t)
-            x = decode_sb(prior, z0)
-            ax = operator(x)
-            meas = residual_norm(ax - y)                                               # [S, B]
-            glued = aty + x - adjoint_differentiable(operator, ax, image)              # Aᵀy + (I − AᵀA)x
-            glue = residual_norm(encode_sb(prior, glued) - z0)                         # [S, B]
-            (grad,) = torch.autograd.grad((omega * meas + gamma * glue).sum(), z)
-        noise = rng.randn(s, *latent, batch_dim=1).to(z) if t_prev >= 0 and eta > 0 else None
-        z = (ddim_step(z0.detach(), e.detach(), ab_t, ab_prev, eta, noise) - grad).detach()
-        bar(i + 1, len(times))
+
+    def energy(x: Tensor, z0: Tensor) -> Tensor:                                      # x = D(ẑ0)
+        ax = operator(x)
+        meas = residual_norm(ax - y)                                                   # [S, B]
+        glued = aty + x - adjoint_differentiable(operator, ax, image)                  # Aᵀy + (I − AᵀA)x
+        glue = residual_norm(prior.encode(glued) - z0)                                 # [S, B]
+        return omega * meas + gamma * glue
+
+    # ζ = 1: ω and γ are the step sizes, inside the energy
+    opts = GuidedStep(zeta=1.0, eta=eta, stochastic=eta > 0, guidance_scale=guidance_scale)
+    z = rng.randn(n_samples, *prior.latent_shape, batch_dim=1).to(y)
+    z = guided_denoise(prior, z, times, opts, energy=energy, cond=cond, rng=rng,
+                       progress=Progress("PSLD", progress)).z
     with torch.no_grad():
-        x = decode_sb(prior, z)
+        x = prior.decode(z)
     return finish(x, nfe=len(times), n_backprop=len(times))

@@ -23,9 +23,10 @@ import torch
 from torch import Tensor
 
 from vipaint.methods.base import MethodResult, Progress
-from vipaint.methods.reference import abar, decode_sb, eps_sb, finish, spaced_times
+from vipaint.methods.steps import finish, spaced_times
 from vipaint.operators import LinearOperator
 from vipaint.priors.base import Prior
+from vipaint.sampling import abar
 from vipaint.seeding import ImageRNG
 
 __all__ = ["reddiff"]
@@ -60,9 +61,9 @@ def reddiff(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         noise = rng.randn(s, *latent, batch_dim=1).to(mu)
         x0 = mu + sigma_x0 * rng.randn(s, *latent, batch_dim=1).to(mu) if sigma_x0 > 0 else mu
         with torch.no_grad():
-            e = eps_sb(prior, ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, cond, guidance_scale)
+            e = prior.eps(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, cond, guidance_scale)
         lam = grad_term_weight * ((1 - ab) / ab).sqrt()
-        obs = 0.5 * (y - operator(decode_sb(prior, x0))).flatten(2).square().mean(-1)   # [S, B]
+        obs = 0.5 * (y - operator(prior.decode(x0))).flatten(2).square().mean(-1)      # [S, B]
         reg = ((e - noise).detach() * x0).flatten(2).mean(-1)                           # [S, B]
         loss = obs_weight * obs + lam * reg
         opt.zero_grad(set_to_none=True)
@@ -71,5 +72,5 @@ def reddiff(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         loss_trace[i] = loss.detach().mean(0).cpu()
         bar(i + 1, len(times))
     with torch.no_grad():
-        x = decode_sb(prior, mu.detach())
+        x = prior.decode(mu.detach())
     return finish(x, nfe=len(times), n_backprop=0, traces={"loss": loss_trace})

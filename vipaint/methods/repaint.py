@@ -21,46 +21,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import tweedie_x0
+from vipaint.diffusion import ddim_step, tweedie_x0
 from vipaint.methods.base import MethodResult, Progress
-from vipaint.methods.reference import abar, ddim_step, eps_sb, finish, spaced_times
+from vipaint.methods.steps import finish, forward_jump, jump_schedule, level_times
 from vipaint.operators import Inpainting, LinearOperator
 from vipaint.priors.base import Prior
+from vipaint.sampling import CLEAN, abar
 from vipaint.seeding import ImageRNG
 
-__all__ = ["repaint", "jump_schedule", "level_times", "forward_jump"]
-
-
-def jump_schedule(n_levels: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
-    """Level sequence n−1, …, −1 with time travel (RePaint's `get_schedule_jump` with n_sample = 1):
-    a step to a lower level is a reverse step, to a higher one a forward re-noising. jump_n_sample = 1
-    gives the plain chain n−1, n−2, …, 0, −1."""
-    if n_levels < 1 or jump_length < 1 or jump_n_sample < 1:
-        raise ValueError(f"need n_levels, jump_length, jump_n_sample >= 1; got {n_levels}, {jump_length}, "
-                         f"{jump_n_sample}")
-    jumps = {j: jump_n_sample - 1 for j in range(0, n_levels - jump_length, jump_length)}
-    t, levels = n_levels, []
-    while t >= 1:
-        t -= 1
-        levels.append(t)
-        if jumps.get(t, 0) > 0:
-            jumps[t] -= 1
-            for _ in range(jump_length):
-                t += 1
-                levels.append(t)
-    levels.append(-1)
-    return levels
-
-
-def level_times(prior: Prior, n_levels: int) -> list[int]:
-    """Network time of each level, ascending (level 0 ↔ t = 0, level n−1 ↔ t = T−1)."""
-    return sorted(spaced_times(prior.num_timesteps, n_levels))
-
-
-def forward_jump(z: Tensor, ab_from: Tensor, ab_to: Tensor, noise: Tensor) -> Tensor:
-    """One forward (re-noising) move q(z_to | z_from) = N(√(ᾱ_to/ᾱ_from) z, (1 − ᾱ_to/ᾱ_from) I)."""
-    a = ab_to / ab_from
-    return a.sqrt() * z + (1 - a).sqrt() * noise
+__all__ = ["repaint"]
 
 
 def repaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rng: ImageRNG,
@@ -93,11 +62,11 @@ def repaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     with torch.no_grad():
         for cur, nxt in zip(levels[:-1], levels[1:]):
             ab_cur = abar(prior, times[cur], z)
-            ab_nxt = abar(prior, times[nxt] if nxt >= 0 else -1, z)
+            ab_nxt = abar(prior, times[nxt] if nxt >= 0 else CLEAN, z)
             if nxt > cur:                                                  # time travel: re-noise
                 z = forward_jump(z, ab_cur, ab_nxt, rng.randn(s, *shape, batch_dim=1).to(z))
                 continue
-            e = eps_sb(prior, z, times[cur], cond, guidance_scale)
+            e = prior.eps(z, times[cur], cond, guidance_scale)
             x0 = tweedie_x0(z, e, ab_cur)
             x0 = x0.clamp(-1, 1) if clip_x0 else x0
             if nxt >= 0:

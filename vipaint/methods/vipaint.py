@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -15,10 +16,10 @@ from vipaint.methods.base import MethodResult, Progress, initial_image
 from vipaint.operators import LinearOperator
 from vipaint.posterior import HierarchicalPosterior, sample_chain
 from vipaint.priors.base import Prior
-from vipaint.sampling import guided_denoise
+from vipaint.sampling import GuidedStep, guided_denoise, time_grid
 from vipaint.seeding import ImageRNG
 
-__all__ = ["VIPaintConfig", "vipaint", "fit_posterior"]
+__all__ = ["VIPaintConfig", "vipaint", "fit_posterior", "refine"]
 
 
 @dataclass
@@ -125,6 +126,32 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     return post, trace, failed, reasons
 
 
+def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG, cfg: VIPaintConfig, *,
+           likelihood: Likelihood | None = None, cond: Tensor | None = None,
+           progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
+    """Stage 2 (docs/algorithm.md §4): guided DDIM from z_{T_s} [S, B, *latent] (T_s = the last keypoint) on
+    `time_grid(T_s, cfg.refine_steps)`, guided by ζ ∇ ℓ(D(x̂0); y) with ℓ = `likelihood` (default
+    `cfg.make_refine_likelihood()`), ζ/‖A(x̂) − y‖₂ per sample if `cfg.normalize_guidance`.
+
+    Returns D(x̂0) of the last step [S, B, *image] and the number of ε_θ passes (each with backprop
+    when ζ ≠ 0)."""
+    lik = likelihood if likelihood is not None else cfg.make_refine_likelihood()
+    times = time_grid(cfg.keypoints[-1], cfg.refine_steps)
+    opts = GuidedStep(zeta=cfg.zeta, eta=cfg.eta_refine, stochastic=cfg.stochastic,
+                      clip="both" if cfg.clip_x0 else "off", guidance_scale=cfg.refine_guidance)
+
+    def energy(x: Tensor, _: Tensor) -> Tensor:
+        return lik(x, y, operator)                                                    # [S, B]
+
+    def residual_norm(x: Tensor) -> Tensor:
+        return (operator(x) - y).flatten(2).norm(dim=-1).clamp_min(1e-8)             # [S, B]
+
+    out = guided_denoise(prior, z, times, opts, energy=energy,
+                         grad_norm=residual_norm if cfg.normalize_guidance else None, cond=cond, rng=rng,
+                         final_image=True, progress=progress)
+    return out.image, len(times)
+
+
 def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rng: ImageRNG,
             cond: Tensor | None = None, progress: bool = False, config: VIPaintConfig | None = None,
             **options: object) -> MethodResult:
@@ -141,11 +168,7 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     with torch.no_grad():
         z = sample_chain(post, prior, n_samples, rng, eta=cfg.eta_fit, cond=cond,
                          guidance_scale=cfg.fit_guidance).z[-1]
-    x, n_ref = guided_denoise(prior, operator, y, z, rng, likelihood=cfg.make_refine_likelihood(),
-                              t_start=cfg.keypoints[-1], n_steps=cfg.refine_steps, zeta=cfg.zeta,
-                              eta=cfg.eta_refine, stochastic=cfg.stochastic, normalize=cfg.normalize_guidance,
-                              cond=cond, guidance_scale=cfg.refine_guidance, clip_x0=cfg.clip_x0,
-                              progress=Progress("VIPaint refine", progress))
+    x, n_ref = refine(prior, operator, y, z, rng, cfg, cond=cond, progress=Progress("VIPaint refine", progress))
     bad = ~torch.isfinite(x).flatten(2).all(-1).all(0).cpu()
     for i in torch.nonzero(bad & ~failed).flatten().tolist():
         reasons[i] = "non-finite samples after refinement"

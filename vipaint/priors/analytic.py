@@ -133,7 +133,7 @@ class GaussianMixturePrior(Prior):
         logits, _ = self.marginal_terms(z, t)
         return torch.logsumexp(logits, dim=1)
 
-    def eps(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
+    def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         """Exact ε*(z_t, t) = −σ_t ∇ log p(z_t) (ALGORITHM.md §8)."""
         logits, score = self.marginal_terms(z, t)
         r = torch.softmax(logits, dim=1)

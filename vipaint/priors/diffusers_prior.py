@@ -297,7 +297,7 @@ class DiffusersPrior(Prior):
             return eps_from_x0(z, out, ab)
         return (1 - ab).sqrt() * z + ab.sqrt() * out   # v-prediction: ε = σ z + α v
 
-    def eps(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
+    def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         """ε_θ(z, t, c). Class-conditional priors: ε_c for g = 1; classifier-free guidance
         ε_u + g(ε_c − ε_u) otherwise, in one network call on a batch of 2N ([conditional; null class]);
         ε_u (null class) when `cond` is None. Unconditional priors ignore `cond` and `guidance_scale`."""
@@ -321,7 +321,7 @@ class DiffusersPrior(Prior):
         n = self.decode_chunk or max(1, x.shape[0])
         return list(x.split(n)) if x.shape[0] > 0 else [x]
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode_flat(self, x: Tensor) -> Tensor:
         """Pixels → scaled latents s·(E(x) − shift): the posterior mean for KL, the pre-quantisation
         latents for VQ."""
         if self.codec is None:
@@ -343,7 +343,7 @@ class DiffusersPrior(Prior):
                 return self.codec.decode(self._fmt(h), force_not_quantize=self.vq_force_not_quantize).sample
             return self.codec.decode(self._fmt(h)).sample
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode_flat(self, z: Tensor) -> Tensor:
         """Scaled latents → pixels, differentiable (VQ: straight-through quantiser unless
         `vq_force_not_quantize`), in chunks of `decode_chunk`."""
         if self.codec is None:
