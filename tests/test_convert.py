@@ -21,9 +21,10 @@ from vipaint.convert.compvis import UNetModel
 from vipaint.convert.configs import BUILTIN, model_params
 from vipaint.convert.io import split_prefix
 from vipaint.convert.keymaps import autoencoder_plan, invert_rules, unet_plan
-from vipaint.convert.ldm import _scheduler, apply_attention_heads, main
+from vipaint.convert.ldm import convert_scheduler, main
 from vipaint.convert.synthetic import build_reference, compvis_schedule, first_stage_kind
 from vipaint.convert.verify import compare, load_folder, load_reference
+from vipaint.priors.loading import apply_attention_heads
 
 NAMES = sorted(BUILTIN)
 
@@ -143,7 +144,7 @@ def test_full_size_layouts_fit_diffusers(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_scheduler_is_compvis_linear(name: str) -> None:
     p = model_params(BUILTIN[name])
-    sched, err = _scheduler(p, {})
+    sched, err = convert_scheduler(p, {})
     ref = torch.cumprod(1 - compvis_schedule(p["linear_start"], p["linear_end"], 1000)["betas"].double(), 0)
     assert err is not None and err < 1e-6
     assert (sched.alphas_cumprod.double() - ref).abs().max() < 1e-6

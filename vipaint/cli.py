@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["main", "VIPaintCLI", "ExplicitArgsMixin"]
+from vipaint.lightning_cli import build_cli
+from vipaint.lightning_cli import ExplicitArgsMixin  # noqa: F401  (vipaint/benchmark.py's import, until it uses build_cli)
+
+__all__ = ["main"]
 
 USAGE = """usage: vipaint {predict,fit,inpaint} ...
 
@@ -25,38 +28,9 @@ def _env_defaults() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
-class ExplicitArgsMixin:
-    """For LightningCLI subclasses given explicit `args`: LightningCLI warns whenever `args` is passed
-    while `sys.argv` holds arguments (as it does under `vipaint predict ...`), so hide `sys.argv` while
-    those args are parsed, and only then (a DDP launch later re-runs the real `sys.argv`)."""
-
-    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001
-        if args is None:
-            super().parse_arguments(parser, args)  # type: ignore[misc]
-            return
-        saved = sys.argv
-        sys.argv = saved[:1]
-        try:
-            super().parse_arguments(parser, args)  # type: ignore[misc]
-        finally:
-            sys.argv = saved
-
-
-def _lightning_cli(argv: list[str]):  # noqa: ANN202
-    from lightning.pytorch.cli import LightningCLI
-
-    from vipaint.data import InverseProblemDataModule
-    from vipaint.module import VIPaintModule
-
-    class _CLI(ExplicitArgsMixin, LightningCLI):
-        pass
-
-    return _CLI(VIPaintModule, InverseProblemDataModule, args=argv,
-                        trainer_defaults={"inference_mode": False, "logger": False},
-                        save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": True})
-
-
-VIPaintCLI = _lightning_cli
+def _predict(argv: list[str]) -> None:
+    build_cli(argv, trainer_defaults={"inference_mode": False, "logger": False},
+              save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": True})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
         convert_main(rest)
     elif cmd == "predict":
-        _lightning_cli(argv)
+        _predict(argv)
     else:
         print(f"vipaint: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)

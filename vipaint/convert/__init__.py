@@ -12,11 +12,13 @@ from typing import Any
 __all__ = ["main", "convert_ldm", "apply_attention_heads", "make_synthetic_ckpt", "load_state_dict",
            "CheckpointLoadError", "ConversionError"]
 
-_WHERE = {"main": "ldm", "convert_ldm": "ldm", "apply_attention_heads": "ldm", "ConversionError": "ldm",
-          "make_synthetic_ckpt": "synthetic", "load_state_dict": "io", "CheckpointLoadError": "io"}
+_WHERE = {"main": "vipaint.convert.ldm", "convert_ldm": "vipaint.convert.ldm",
+          "apply_attention_heads": "vipaint.priors.loading", "ConversionError": "vipaint.convert.ldm",
+          "make_synthetic_ckpt": "vipaint.convert.synthetic", "load_state_dict": "vipaint.convert.io",
+          "CheckpointLoadError": "vipaint.convert.io"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        return getattr(importlib.import_module(f"vipaint.convert.{_WHERE[name]}"), name)
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'vipaint.convert' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """`vipaint convert-ldm`: CompVis latent-diffusion checkpoint → diffusers-style prior folder.
 
-Output (read by `vipaint.priors.diffusers_prior`):
+Output (read by `vipaint.priors.DiffusersPrior`, see `vipaint.priors.loading`):
 
     OUT/unet/            UNet2DModel, or UNet2DConditionModel for spatial-transformer UNets (cin256-v2)
     OUT/unet/attention_heads.json   only when UNet2DModel cannot express the CompVis head counts
@@ -27,10 +27,11 @@ from vipaint.convert.configs import BUILTIN, SOURCES, load_config, model_params
 from vipaint.convert.io import CheckpointLoadError, load_state_dict, split_prefix
 from vipaint.convert.keymaps import Rule, apply_rules, autoencoder_plan, unet_plan
 from vipaint.convert.synthetic import compvis_schedule, first_stage_kind
+from vipaint.convert.verify import verify_folder
+from vipaint.priors.denoisers import CLASS_EMBEDDER_CONFIG, CLASS_EMBEDDER_WEIGHTS
+from vipaint.priors.loading import ATTENTION_HEADS_FILE
 
-__all__ = ["main", "convert_ldm", "apply_attention_heads", "ConversionError", "CheckpointLoadError"]
-
-CLASS_EMBEDDER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+__all__ = ["main", "convert_ldm", "convert_scheduler", "ConversionError", "CheckpointLoadError"]
 _SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "squaredcos_cap_v2"}
 _PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
@@ -88,29 +89,8 @@ def _build(class_name: str, config: dict[str, Any], weights: dict[str, Tensor]) 
     return model.eval()
 
 
-def apply_attention_heads(unet: nn.Module, heads: str | Path | dict[str, int]) -> nn.Module:
-    """Set per-module head counts that a UNet2DModel config cannot express (see `attention_heads.json`).
-
-    `heads`: the folder holding `attention_heads.json`, the file, or its `{"module.path": heads}` map.
-    No-op when the folder has no such file. Returns `unet` (modified in place).
-    """
-    if not isinstance(heads, dict):
-        path = Path(heads)
-        path = path / "attention_heads.json" if path.is_dir() else path
-        if not path.exists():
-            return unet
-        heads = json.loads(path.read_text())["heads"]
-    modules = dict(unet.named_modules())
-    for name, h in heads.items():
-        attn = modules[name]
-        inner = attn.to_q.out_features
-        if inner % h:
-            raise ValueError(f"{name}: {inner} channels cannot be split into {h} heads")
-        attn.heads, attn.scale = int(h), (inner // h) ** -0.5
-    return unet
-
-
-def _scheduler(p: dict[str, Any], sd: dict[str, Tensor]) -> tuple[Any, float | None]:
+def convert_scheduler(p: dict[str, Any], sd: dict[str, Tensor]) -> tuple[Any, float | None]:
+    """The DDPMScheduler of CompVis model params `p`, and its max |ᾱ − ᾱ_CompVis| (None when unknown)."""
     import diffusers
 
     sched_name = p.get("beta_schedule", "linear")
@@ -183,12 +163,12 @@ def convert_ldm(ckpt: str | Path, config: str | dict[str, Any], out: str | Path,
     fs_cls, fs_cfg, fs_rules = autoencoder_plan(p["first_stage_config"]["params"], kind, scale)
     _check_consumed(fs_src, fs_rules, "first stage")
     codec = _build(fs_cls, fs_cfg, apply_rules(fs_rules, fs_src))
-    sched, sched_err = _scheduler(p, sd)
+    sched, sched_err = convert_scheduler(p, sd)
 
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     if plan.heads_override:
-        (out / "unet" / "attention_heads.json").write_text(json.dumps({
+        (out / "unet" / ATTENTION_HEADS_FILE).write_text(json.dumps({
             "note": "CompVis head counts that the UNet2DModel config cannot express; apply with "
                     "vipaint.convert.apply_attention_heads(unet, <this folder>) after from_pretrained",
             "heads": plan.heads_override}, indent=2) + "\n")
@@ -204,7 +184,7 @@ def convert_ldm(ckpt: str | Path, config: str | dict[str, Any], out: str | Path,
             raise ConversionError("ClassEmbedder config but no `cond_stage_model.embedding.weight` in the checkpoint")
         (out / "class_embedder").mkdir(exist_ok=True)
         save_file({"embedding.weight": w.contiguous()}, str(out / "class_embedder" / CLASS_EMBEDDER_WEIGHTS))
-        (out / "class_embedder" / "config.json").write_text(
+        (out / "class_embedder" / CLASS_EMBEDDER_CONFIG).write_text(
             json.dumps({"_class_name": "ClassEmbedder", "num_classes": int(w.shape[0]) - 1,
                         "embed_dim": int(w.shape[1]), "embedding_dim": int(w.shape[1])}, indent=2) + "\n")
         report["class_embedder"] = {"num_classes": int(w.shape[0]) - 1, "null_class": int(w.shape[0]) - 1,
@@ -223,8 +203,6 @@ def convert_ldm(ckpt: str | Path, config: str | dict[str, Any], out: str | Path,
                   ignored_keys=sorted(k for k in sd if not k.startswith(("model.diffusion_model.", "first_stage_model.",
                                                                          "cond_stage_model.", "model_ema.")))[:50])
     if verify:
-        from vipaint.convert.verify import verify_folder
-
         report["verify"] = verify_folder(cfg, sd if first_stage is None else
                                          {**sd, **{"first_stage_model." + k: v for k, v in fs_src.items()}},
                                          out, ema=ema)

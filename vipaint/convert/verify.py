@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from vipaint.convert.configs import model_params
 from vipaint.convert.io import split_prefix
 from vipaint.convert.synthetic import build_reference, first_stage_kind
+from vipaint.priors.denoisers import CLASS_EMBEDDER_CONFIG, CLASS_EMBEDDER_WEIGHTS
+from vipaint.priors.loading import apply_attention_heads
 
 __all__ = ["load_folder", "load_reference", "compare", "verify_folder"]
 
@@ -22,8 +24,6 @@ def load_folder(out: str | Path) -> dict[str, Any]:
     """The converted components through the real `from_pretrained` (+ attention heads, class embedder)."""
     import diffusers
     from safetensors.torch import load_file
-
-    from vipaint.convert.ldm import CLASS_EMBEDDER_WEIGHTS, apply_attention_heads
 
     out = Path(out)
     unet_cls = json.loads((out / "unet" / "config.json").read_text())["_class_name"]
@@ -35,7 +35,7 @@ def load_folder(out: str | Path) -> dict[str, Any]:
         mods["codec"] = diffusers.AutoencoderKL.from_pretrained(out, subfolder="vae", local_files_only=True).eval()
     mods["scheduler"] = diffusers.DDPMScheduler.from_pretrained(out, subfolder="scheduler", local_files_only=True)
     if (out / "class_embedder").exists():
-        cfg = json.loads((out / "class_embedder" / "config.json").read_text())
+        cfg = json.loads((out / "class_embedder" / CLASS_EMBEDDER_CONFIG).read_text())
         emb = nn.Embedding(cfg["num_classes"] + 1, cfg["embed_dim"])
         weights = load_file(str(out / "class_embedder" / CLASS_EMBEDDER_WEIGHTS))
         emb.load_state_dict({"weight": weights["embedding.weight"]})

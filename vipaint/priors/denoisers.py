@@ -19,18 +19,25 @@ class used for classifier-free guidance), stored as a subfolder `class_embedder/
 
 which is what a converted CompVis cin256-v2 checkpoint holds (its `cond_stage_model.embedding.weight`,
 1001 × 512, with class 1000 the unconditional label).
+
+From raw output to ε: `eps_from_output` (ε-, v- and x0-prediction, learned variance), `guided_eps`
+(null class, classifier-free guidance in one batched call), `resolve_num_classes` (the class convention).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ClassEmbedder", "Denoiser", "UNetDenoiser", "CrossAttnUNetDenoiser", "DiTDenoiser",
-           "DENOISER_CLASSES", "CLASS_EMBEDDER_CONFIG", "CLASS_EMBEDDER_WEIGHTS"]
+from vipaint.diffusion import bcast, eps_from_x0
+
+__all__ = ["ClassEmbedder", "Denoiser", "UNetDenoiser", "CrossAttnUNetDenoiser", "DiTDenoiser", "wrap_denoiser",
+           "resolve_num_classes", "eps_from_output", "guided_eps", "DENOISER_CLASSES", "PREDICTION_TYPES",
+           "CLASS_EMBEDDER_CONFIG", "CLASS_EMBEDDER_WEIGHTS"]
 
 CLASS_EMBEDDER_CONFIG = "config.json"
 CLASS_EMBEDDER_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -39,6 +46,8 @@ CLASS_EMBEDDER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 #: (diffusers remaps it to `DiTTransformer2DModel` when `norm_type == "ada_norm_zero"`).
 DENOISER_CLASSES = {"UNet2DModel": "unet", "UNet2DConditionModel": "unet_cond",
                     "DiTTransformer2DModel": "dit", "Transformer2DModel": "dit"}
+#: scheduler `prediction_type`s whose output `eps_from_output` converts to ε
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class ClassEmbedder(nn.Module):
@@ -201,3 +210,76 @@ class DiTDenoiser(Denoiser):
         if labels is None:
             labels = torch.full((z.shape[0],), int(self.num_classes), device=z.device, dtype=torch.long)
         return self.model(z, timestep=t, class_labels=labels).sample
+
+
+def wrap_denoiser(model: nn.Module, class_embedder: ClassEmbedder | None = None) -> Denoiser:
+    """The adapter for an in-memory diffusers denoiser (a `UNet2DConditionModel` needs `class_embedder`)."""
+    name = type(model).__name__
+    kind = DENOISER_CLASSES.get(name)
+    if kind is None:
+        raise ValueError(f"unsupported denoiser class {name!r}; supported: {sorted(DENOISER_CLASSES)}")
+    if kind == "unet_cond":
+        if class_embedder is None:
+            raise ValueError("a UNet2DConditionModel needs class_embedder=ClassEmbedder(num_classes, dim)")
+        return CrossAttnUNetDenoiser(model, class_embedder)
+    return DiTDenoiser(model) if kind == "dit" else UNetDenoiser(model)
+
+
+def resolve_num_classes(denoiser: Denoiser, num_classes: int | None, where: str) -> int | None:
+    """The number of real classes: explicit, or the model's own convention (the null label is always
+    `num_classes`); errors name the model at `where` when the two disagree or no null class is left."""
+    den_class = type(denoiser.model).__name__
+    inferred = denoiser.num_classes
+    if num_classes is not None and inferred is not None and int(num_classes) != inferred:
+        raise ValueError(f"num_classes={num_classes} but the {den_class} has {inferred} classes "
+                         f"(null class {inferred}); leave num_classes unset")
+    n = int(num_classes) if num_classes is not None else inferred
+    if denoiser.needs_labels and n is None:
+        raise ValueError(f"{where}: the {den_class} is class-conditional; set num_classes (the "
+                         f"number of real classes; label num_classes is the null class)")
+    if isinstance(denoiser, UNetDenoiser) and n is not None:
+        table = denoiser.config.num_class_embeds
+        if not denoiser.needs_labels:
+            raise ValueError(f"num_classes={n} given, but the UNet2DModel at {where} has no "
+                             f"class embedding (num_class_embeds / class_embed_type unset)")
+        if table is not None and n >= int(table):
+            raise ValueError(f"num_classes={n} leaves no null class in the UNet's "
+                             f"{table}-entry class table (need num_classes <= {int(table) - 1})")
+    return n
+
+
+def eps_from_output(out: Tensor, z: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
+    """ε from a raw network output [N, C or 2C, h, w] at z [N, C, h, w] and times t [N] (ALGORITHM.md §1):
+    with learned variance (2C channels: DiT, improved DDPM) ε is the first half; ε-prediction as is;
+    x0-prediction ε = (z − α x0)/σ; v-prediction ε = σ z + α v."""
+    c = z.shape[1]
+    if out.shape[1] == 2 * c:
+        out = out[:, :c]
+    if prediction_type == "epsilon":
+        return out
+    ab = bcast(alphas_cumprod[t].to(z.dtype), z)
+    if prediction_type == "sample":
+        return eps_from_x0(z, out, ab)
+    return (1 - ab).sqrt() * z + ab.sqrt() * out
+
+
+def guided_eps(net: Callable[[Tensor, Tensor, Tensor | None], Tensor], z: Tensor, t: Tensor,
+               cond: Tensor | None, guidance_scale: float, num_classes: int | None) -> Tensor:
+    """ε_θ(z, t, c) through `net(z, t, labels) -> ε`. Unconditional models (`num_classes` None) ignore `cond`
+    and g. Class-conditional: ε_u (null class `num_classes`) when `cond` is None; ε_c for g = 1; ε_u for
+    g = 0; otherwise classifier-free guidance ε_u + g(ε_c − ε_u) from ONE call on [z; z] with labels
+    [cond; null]."""
+    t = t.to(z.device).long()
+    if num_classes is None:
+        return net(z, t, None)
+    if cond is None:
+        return net(z, t, torch.full((z.shape[0],), num_classes, device=z.device, dtype=torch.long))
+    cond = cond.to(z.device).long()
+    if guidance_scale == 1.0:
+        return net(z, t, cond)
+    null = torch.full_like(cond, num_classes)
+    if guidance_scale == 0.0:
+        return net(z, t, null)
+    both = net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, null]))
+    e_c, e_u = both.chunk(2)
+    return e_u + guidance_scale * (e_c - e_u)

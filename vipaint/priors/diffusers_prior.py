@@ -3,36 +3,26 @@
 loaded through the real `from_pretrained` path from a local folder or a Hub id (cache included). The
 network output is converted to ε whatever it predicts (ALGORITHM.md §1). See docs/latent_priors.md.
 
-Folder layouts (diffusers `save_pretrained` of a pipeline; the first that matches wins):
-1. `model_index.json` names the components (DDPMPipeline, LDMPipeline, DiTPipeline, ...): the denoiser is
-   the entry whose class is one of `UNet2DModel`, `UNet2DConditionModel`, `DiTTransformer2DModel` /
-   `Transformer2DModel`; the codec the entry of class `AutoencoderKL` or `VQModel`.
-2. no index: `unet/` (class from its config's `_class_name`) or `transformer/` (DiT); codec `vae/`
-   (class from its config, default AutoencoderKL) or `vqvae/` (VQModel).
-3. a bare model: `config.json` (class from `_class_name`) + `scheduler_config.json` at the root.
-Always `scheduler/` (any VP scheduler config: DDPM, DDIM, ...), and for `UNet2DConditionModel` a
-`class_embedder/` folder (see `vipaint.priors.denoisers`). A UNet2DModel folder's `attention_heads.json`
-(written by `vipaint convert-ldm` for lsun_churches256) is applied on load. CompVis checkpoints are converted
-into these layouts by `vipaint convert-ldm` (docs/convert.md).
+`DiffusersPrior` composes three parts: `vipaint.priors.loading` (folder layouts, file discovery, the
+errors that say what to download), `vipaint.priors.denoisers` (one call signature for every denoiser,
+output → ε, classifier-free guidance) and `vipaint.priors.codec` (latent scale, chunked encode/decode,
+decoder checkpointing); `vipaint.priors.runtime` holds the autocast / channels-last options.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
-from vipaint.diffusion import bcast, eps_from_x0
 from vipaint.priors.base import Prior
-from vipaint.priors.denoisers import (CLASS_EMBEDDER_CONFIG, CLASS_EMBEDDER_WEIGHTS, DENOISER_CLASSES,
-                                      ClassEmbedder, CrossAttnUNetDenoiser, Denoiser, DiTDenoiser,
-                                      UNetDenoiser)
-from vipaint.priors.loading import (_vq_scaling, PriorNotFoundError, _offline, _missing, _Source, _layout, _CODEC_CLASSES)
+from vipaint.priors.codec import (CODEC_CLASSES, check_decode_chunk, codec_image_shape, decode_latents,
+                                  enable_decoder_checkpointing, encode_latents, latent_scales, vq_scaling)
+from vipaint.priors.denoisers import (PREDICTION_TYPES, ClassEmbedder, Denoiser, eps_from_output, guided_eps,
+                                      resolve_num_classes, wrap_denoiser)
+from vipaint.priors.loading import PriorNotFoundError, import_diffusers, load_components
+from vipaint.priors.runtime import Runtime, check_autocast
 
 __all__ = ["DiffusersPrior", "PriorNotFoundError"]
-
-_AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 class DiffusersPrior(Prior):
@@ -77,66 +67,19 @@ class DiffusersPrior(Prior):
                  decode_chunk: int | None = None, channels_last: bool = False, compile: bool = False,
                  download_hint: str | None = None) -> None:
         super().__init__()
-        import diffusers  # deferred: a ~3 s import
-        from diffusers.utils import logging as dlog
-
-        dlog.set_verbosity_error()
-        if autocast is not None and str(autocast).lower() not in _AUTOCAST:
-            raise ValueError(f"autocast must be None or one of {sorted(_AUTOCAST)}, got {autocast!r}")
-        if decode_chunk is not None and decode_chunk < 1:
-            raise ValueError(f"decode_chunk must be >= 1 or None, got {decode_chunk}")
+        import_diffusers()  # deferred: a ~3 s import
+        check_autocast(autocast)
+        check_decode_chunk(decode_chunk)
         self.path = str(path)
-        lfo = local_files_only if local_files_only is not None else _offline()
-        src = _Source(self.path, lfo, download_hint)
-        kw = dict(local_files_only=lfo)
-        try:
-            (den_sub, den_cls), codec_spec, sched_sub = _layout(src)
-        except FileNotFoundError as err:
-            raise _missing(self.path, str(err), download_hint) from err
-        sub_kw = (lambda s: dict(subfolder=s, **kw) if s else dict(kw))  # noqa: E731
-        try:
-            kind = DENOISER_CLASSES[den_cls]
-            if kind == "dit":
-                cfg = src.json(f"{den_sub}/config.json" if den_sub else "config.json") or {}
-                if cfg.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-                    raise ValueError(f"{den_cls} with norm_type {cfg.get('norm_type')!r} is not a DiT; only "
-                                     f"DiT (ada_norm_zero) transformers are supported")
-                model = diffusers.DiTTransformer2DModel.from_pretrained(src.target, **sub_kw(den_sub))
-                denoiser: Denoiser = DiTDenoiser(model)
-            elif kind == "unet_cond":
-                model = diffusers.UNet2DConditionModel.from_pretrained(src.target, **sub_kw(den_sub))
-                if not src.exists(f"class_embedder/{CLASS_EMBEDDER_CONFIG}"):
-                    raise FileNotFoundError(
-                        "a UNet2DConditionModel prior needs `class_embedder/` (config.json + "
-                        "diffusion_pytorch_model.safetensors holding embedding.weight [num_classes+1, "
-                        "cross_attention_dim]); see vipaint.priors.denoisers")
-                emb = ClassEmbedder.from_files(src.file(f"class_embedder/{CLASS_EMBEDDER_CONFIG}"),
-                                               src.file(f"class_embedder/{CLASS_EMBEDDER_WEIGHTS}"))
-                denoiser = CrossAttnUNetDenoiser(model, emb)
-            else:
-                model = diffusers.UNet2DModel.from_pretrained(src.target, **sub_kw(den_sub))
-                heads = f"{den_sub}/attention_heads.json" if den_sub else "attention_heads.json"
-                if src.exists(heads):   # per-module head counts a UNet2DModel config cannot express
-                    from vipaint.convert.ldm import apply_attention_heads   # (vipaint convert-ldm, lsun_churches256)
-
-                    apply_attention_heads(model, src.root / heads)
-                denoiser = UNetDenoiser(model)
-            sched = diffusers.DDPMScheduler.from_pretrained(src.target, **sub_kw(sched_sub))
-            codec: nn.Module | None = None
-            self.codec_kind = "identity"
-            if codec_spec is not None:
-                csub, self.codec_kind = codec_spec
-                cls = diffusers.AutoencoderKL if self.codec_kind == "kl" else diffusers.VQModel
-                codec = cls.from_pretrained(src.target, subfolder=csub, **kw)
-                if scaling_factor is None and self.codec_kind == "vq":
-                    scaling_factor = _vq_scaling((src.json(f"{csub}/config.json") or {}).get("scaling_factor"))
-        except (OSError, EnvironmentError) as err:
-            raise _missing(self.path, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}",
-                           download_hint) from err
-        self._build(denoiser, sched, codec, num_classes=num_classes, vq_force_not_quantize=vq_force_not_quantize,
-                    dtype=dtype, scaling_factor=scaling_factor, autocast=autocast, force_autocast=force_autocast,
-                    gradient_checkpointing=gradient_checkpointing, denoiser_checkpointing=denoiser_checkpointing,
-                    decode_chunk=decode_chunk, channels_last=channels_last, compile=compile)
+        parts = load_components(self.path, local_files_only=local_files_only, download_hint=download_hint)
+        self.codec_kind = parts.codec_kind
+        if scaling_factor is None and parts.codec_kind == "vq":
+            scaling_factor = vq_scaling(parts.vq_config_scaling)
+        self._build(parts.denoiser, parts.scheduler, parts.codec, num_classes=num_classes,
+                    vq_force_not_quantize=vq_force_not_quantize, dtype=dtype, scaling_factor=scaling_factor,
+                    autocast=autocast, force_autocast=force_autocast, gradient_checkpointing=gradient_checkpointing,
+                    denoiser_checkpointing=denoiser_checkpointing, decode_chunk=decode_chunk,
+                    channels_last=channels_last, compile=compile)
 
     @classmethod
     def from_models(cls, denoiser: nn.Module, scheduler, codec: nn.Module | None = None, *,  # noqa: ANN001
@@ -145,22 +88,13 @@ class DiffusersPrior(Prior):
         UNet2DConditionModel (with `class_embedder`) or DiTTransformer2DModel, `scheduler` any diffusers VP
         scheduler (its `alphas_cumprod` and `prediction_type` are read), `codec` an AutoencoderKL or
         VQModel. `options` are the constructor's keyword options (num_classes, autocast, ...)."""
-        name = type(denoiser).__name__
-        kind = DENOISER_CLASSES.get(name)
-        if kind is None:
-            raise ValueError(f"unsupported denoiser class {name!r}; supported: {sorted(DENOISER_CLASSES)}")
-        if kind == "unet_cond":
-            if class_embedder is None:
-                raise ValueError("a UNet2DConditionModel needs class_embedder=ClassEmbedder(num_classes, dim)")
-            wrapped: Denoiser = CrossAttnUNetDenoiser(denoiser, class_embedder)
-        else:
-            wrapped = DiTDenoiser(denoiser) if kind == "dit" else UNetDenoiser(denoiser)
-        if codec is not None and type(codec).__name__ not in _CODEC_CLASSES:
-            raise ValueError(f"unsupported codec class {type(codec).__name__!r}; supported: {sorted(_CODEC_CLASSES)}")
+        wrapped = wrap_denoiser(denoiser, class_embedder)
+        if codec is not None and type(codec).__name__ not in CODEC_CLASSES:
+            raise ValueError(f"unsupported codec class {type(codec).__name__!r}; supported: {sorted(CODEC_CLASSES)}")
         obj = cls.__new__(cls)
         Prior.__init__(obj)
-        obj.path = f"<in-memory {name}>"
-        obj.codec_kind = "identity" if codec is None else _CODEC_CLASSES[type(codec).__name__]
+        obj.path = f"<in-memory {type(denoiser).__name__}>"
+        obj.codec_kind = "identity" if codec is None else CODEC_CLASSES[type(codec).__name__]
         obj._build(wrapped, scheduler, codec, **options)
         return obj
 
@@ -170,10 +104,8 @@ class DiffusersPrior(Prior):
                autocast: str | None = None, force_autocast: bool = False, gradient_checkpointing: bool = False,
                denoiser_checkpointing: bool = False, decode_chunk: int | None = None, channels_last: bool = False,
                compile: bool = False) -> None:
-        if autocast is not None and str(autocast).lower() not in _AUTOCAST:
-            raise ValueError(f"autocast must be None or one of {sorted(_AUTOCAST)}, got {autocast!r}")
-        if decode_chunk is not None and decode_chunk < 1:
-            raise ValueError(f"decode_chunk must be >= 1 or None, got {decode_chunk}")
+        check_autocast(autocast)
+        check_decode_chunk(decode_chunk)
         torch_dtype = getattr(torch, dtype)
         for m in (denoiser, codec):   # cast only when needed (diffusers warns about `.to(dtype)` on its models)
             if m is not None and any(p.dtype != torch_dtype for p in m.parameters()):
@@ -182,61 +114,29 @@ class DiffusersPrior(Prior):
         self.codec = codec.eval().requires_grad_(False) if codec is not None else None
         self.denoiser_class = type(denoiser.model).__name__
         self.prediction_type = sched.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+        if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
-
-        # classes: explicit, or the model's own convention; the null label is always num_classes
-        inferred = denoiser.num_classes
-        if num_classes is not None and inferred is not None and int(num_classes) != inferred:
-            raise ValueError(f"num_classes={num_classes} but the {self.denoiser_class} has {inferred} classes "
-                             f"(null class {inferred}); leave num_classes unset")
-        self.num_classes = int(num_classes) if num_classes is not None else inferred
-        if denoiser.needs_labels and self.num_classes is None:
-            raise ValueError(f"{self.path}: the {self.denoiser_class} is class-conditional; set num_classes (the "
-                             f"number of real classes; label num_classes is the null class)")
-        if isinstance(denoiser, UNetDenoiser) and self.num_classes is not None:
-            table = denoiser.config.num_class_embeds
-            if not denoiser.needs_labels:
-                raise ValueError(f"num_classes={self.num_classes} given, but the UNet2DModel at {self.path} has no "
-                                 f"class embedding (num_class_embeds / class_embed_type unset)")
-            if table is not None and self.num_classes >= int(table):
-                raise ValueError(f"num_classes={self.num_classes} leaves no null class in the UNet's "
-                                 f"{table}-entry class table (need num_classes <= {int(table) - 1})")
+        self.num_classes = resolve_num_classes(denoiser, num_classes, self.path)
 
         self.vq_force_not_quantize = bool(vq_force_not_quantize)
         if codec is None:
             self.scaling_factor, self.shift_factor = 1.0, 0.0
         else:
-            default = float(getattr(codec.config, "scaling_factor", None) or 1.0)
-            default = default if self.codec_kind == "kl" else _vq_scaling(default)
-            self.scaling_factor = float(scaling_factor) if scaling_factor is not None else default
-            self.shift_factor = float(getattr(codec.config, "shift_factor", None) or 0.0)
+            self.scaling_factor, self.shift_factor = latent_scales(codec, self.codec_kind, scaling_factor)
         self.register_buffer("alphas_cumprod", sched.alphas_cumprod.double().clone())
 
-        c = denoiser.in_channels
         s = denoiser.sample_size
-        self._latent_shape = (int(c), int(s[0]), int(s[1]))
-        if codec is not None:
-            lat = int(getattr(codec.config, "vq_embed_dim", None) or codec.config.latent_channels)
-            if lat != c:
-                raise ValueError(f"the codec's latents have {lat} channels but the {self.denoiser_class} "
-                                 f"takes {c}")
-            down = 2 ** (len(codec.config.block_out_channels) - 1)
-            self._image_shape = (int(codec.config.in_channels), s[0] * down, s[1] * down)
-        else:
-            self._image_shape = self._latent_shape
+        self._latent_shape = (int(denoiser.in_channels), int(s[0]), int(s[1]))
+        self._image_shape = (self._latent_shape if codec is None else
+                             codec_image_shape(codec, self._latent_shape, self.denoiser_class))
 
         # performance options
-        self.autocast = None if autocast is None else str(autocast).lower()
-        self.force_autocast = bool(force_autocast)
+        self.runtime = Runtime(None if autocast is None else str(autocast).lower(), bool(force_autocast),
+                               bool(channels_last))
         self.decode_chunk = decode_chunk
-        self.channels_last = bool(channels_last)
         self._checkpoint_decode = False
         if gradient_checkpointing and codec is not None:
-            if getattr(codec, "_supports_gradient_checkpointing", False):
-                codec.enable_gradient_checkpointing()
-            else:
-                self._checkpoint_decode = True
+            self._checkpoint_decode = enable_decoder_checkpointing(codec)
         if denoiser_checkpointing:
             denoiser.enable_gradient_checkpointing()
         if self.channels_last:
@@ -246,7 +146,7 @@ class DiffusersPrior(Prior):
         # the compiled wrapper is kept outside the module tree (state_dict and .to() see the plain model)
         self.__dict__["_compiled"] = torch.compile(self.denoiser) if compile else None
 
-    # -- shapes ----------------------------------------------------------------------------------
+    # -- shapes and options ----------------------------------------------------------------------
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self._latent_shape
@@ -260,6 +160,18 @@ class DiffusersPrior(Prior):
         return self.codec is not None
 
     @property
+    def autocast(self) -> str | None:
+        return self.runtime.autocast
+
+    @property
+    def force_autocast(self) -> bool:
+        return self.runtime.force_autocast
+
+    @property
+    def channels_last(self) -> bool:
+        return self.runtime.channels_last
+
+    @property
     def unet(self) -> nn.Module:
         """The underlying diffusers denoiser (UNet or DiT), for backward compatibility."""
         return self.denoiser.model
@@ -268,15 +180,6 @@ class DiffusersPrior(Prior):
         return (f"{super().extra_repr()}, denoiser={self.denoiser_class}, codec={self.codec_kind}, "
                 f"prediction={self.prediction_type}, num_classes={self.num_classes}")
 
-    # -- helpers ---------------------------------------------------------------------------------
-    def _amp(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.autocast is None or (device.type == "cpu" and not self.force_autocast):
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=_AUTOCAST[self.autocast])
-
-    def _fmt(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
     # -- network ---------------------------------------------------------------------------------
     def _net(self, z: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
         """ε from one network call on z [N, *latent] (whatever the model predicts)."""
@@ -284,79 +187,30 @@ class DiffusersPrior(Prior):
         net = self._compiled if self._compiled is not None else self.denoiser
         if labels is None and self.denoiser.needs_labels:
             labels = torch.full((z.shape[0],), int(self.num_classes), device=z.device, dtype=torch.long)
-        with self._amp(z.device):
-            out = net(self._fmt(z.to(dt)), t, labels)
-        out = out.to(z.dtype)
-        c = z.shape[1]
-        if out.shape[1] == 2 * c:  # learned variance (DiT, improved DDPM): ε is the first half
-            out = out[:, :c]
-        if self.prediction_type == "epsilon":
-            return out
-        ab = bcast(self.alphas_cumprod[t].to(z.dtype), z)
-        if self.prediction_type == "sample":
-            return eps_from_x0(z, out, ab)
-        return (1 - ab).sqrt() * z + ab.sqrt() * out   # v-prediction: ε = σ z + α v
+        with self.runtime.amp(z.device):
+            out = net(self.runtime.fmt(z.to(dt)), t, labels)
+        return eps_from_output(out.to(z.dtype), z, t, self.alphas_cumprod, self.prediction_type)
 
     def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         """ε_θ(z, t, c). Class-conditional priors: ε_c for g = 1; classifier-free guidance
         ε_u + g(ε_c − ε_u) otherwise, in one network call on a batch of 2N ([conditional; null class]);
         ε_u (null class) when `cond` is None. Unconditional priors ignore `cond` and `guidance_scale`."""
-        t = t.to(z.device).long()
-        if self.num_classes is None:
-            return self._net(z, t, None)
-        if cond is None:
-            return self._net(z, t, torch.full((z.shape[0],), self.num_classes, device=z.device, dtype=torch.long))
-        cond = cond.to(z.device).long()
-        if guidance_scale == 1.0:
-            return self._net(z, t, cond)
-        null = torch.full_like(cond, self.num_classes)
-        if guidance_scale == 0.0:
-            return self._net(z, t, null)
-        both = self._net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, null]))
-        e_c, e_u = both.chunk(2)
-        return e_u + guidance_scale * (e_c - e_u)
+        return guided_eps(self._net, z, t, cond, guidance_scale, self.num_classes)
 
     # -- codec -----------------------------------------------------------------------------------
-    def _chunks(self, x: Tensor) -> list[Tensor]:
-        n = self.decode_chunk or max(1, x.shape[0])
-        return list(x.split(n)) if x.shape[0] > 0 else [x]
-
     def encode_flat(self, x: Tensor) -> Tensor:
         """Pixels → scaled latents s·(E(x) − shift): the posterior mean for KL, the pre-quantisation
         latents for VQ."""
         if self.codec is None:
             return x
-        dt = next(self.codec.parameters()).dtype
-        outs = []
-        for xc in self._chunks(x):
-            with self._amp(x.device):
-                if self.codec_kind == "kl":
-                    h = self.codec.encode(self._fmt(xc.to(dt))).latent_dist.mean
-                else:
-                    h = self.codec.encode(self._fmt(xc.to(dt))).latents
-            outs.append(((h.to(x.dtype) - self.shift_factor) * self.scaling_factor).contiguous())
-        return torch.cat(outs)
-
-    def _decode_chunk(self, h: Tensor) -> Tensor:
-        with self._amp(h.device):
-            if self.codec_kind == "vq":
-                return self.codec.decode(self._fmt(h), force_not_quantize=self.vq_force_not_quantize).sample
-            return self.codec.decode(self._fmt(h)).sample
+        return encode_latents(self.codec, x, kind=self.codec_kind, scaling_factor=self.scaling_factor,
+                              shift_factor=self.shift_factor, chunk=self.decode_chunk, runtime=self.runtime)
 
     def decode_flat(self, z: Tensor) -> Tensor:
         """Scaled latents → pixels, differentiable (VQ: straight-through quantiser unless
         `vq_force_not_quantize`), in chunks of `decode_chunk`."""
         if self.codec is None:
             return z
-        dt = next(self.codec.parameters()).dtype
-        outs = []
-        for zc in self._chunks(z):
-            h = (zc / self.scaling_factor + self.shift_factor).to(dt)
-            if self._checkpoint_decode and torch.is_grad_enabled() and h.requires_grad:
-                from torch.utils.checkpoint import checkpoint
-
-                out = checkpoint(self._decode_chunk, h, use_reentrant=False)
-            else:
-                out = self._decode_chunk(h)
-            outs.append(out.to(z.dtype).contiguous())
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+        return decode_latents(self.codec, z, kind=self.codec_kind, scaling_factor=self.scaling_factor,
+                              shift_factor=self.shift_factor, force_not_quantize=self.vq_force_not_quantize,
+                              chunk=self.decode_chunk, checkpoint=self._checkpoint_decode, runtime=self.runtime)

@@ -1,24 +1,50 @@
-"""Locating a diffusers prior's files: local folders, Hub ids and the Hub cache, the folder layouts, and
-the errors that say what to download and where to put it (used by `vipaint.priors.DiffusersPrior`)."""
+"""Loading a diffusers prior's components: local folders, Hub ids and the Hub cache, the folder layouts,
+the errors that say what to download and where to put it, and `load_components`, which builds the
+denoiser adapter, the scheduler and the codec through the real `from_pretrained` path (used by
+`vipaint.priors.DiffusersPrior`). See docs/latent_priors.md.
+
+Folder layouts (diffusers `save_pretrained` of a pipeline; the first that matches wins):
+1. `model_index.json` names the components (DDPMPipeline, LDMPipeline, DiTPipeline, ...): the denoiser is
+   the entry whose class is one of `UNet2DModel`, `UNet2DConditionModel`, `DiTTransformer2DModel` /
+   `Transformer2DModel`; the codec the entry of class `AutoencoderKL` or `VQModel`.
+2. no index: `unet/` (class from its config's `_class_name`) or `transformer/` (DiT); codec `vae/`
+   (class from its config, default AutoencoderKL) or `vqvae/` (VQModel).
+3. a bare model: `config.json` (class from `_class_name`) + `scheduler_config.json` at the root.
+Always `scheduler/` (any VP scheduler config: DDPM, DDIM, ...), and for `UNet2DConditionModel` a
+`class_embedder/` folder (see `vipaint.priors.denoisers`). A UNet2DModel folder's `attention_heads.json`
+(written by `vipaint convert-ldm` for lsun_churches256) is applied on load (`apply_attention_heads`).
+CompVis checkpoints are converted into these layouts by `vipaint convert-ldm` (docs/convert.md).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vipaint.priors.denoisers import DENOISER_CLASSES
+from torch import nn
 
-_CODEC_CLASSES = {"AutoencoderKL": "kl", "VQModel": "vq"}
-_DIFFUSERS_DEFAULT_SCALE = 0.18215
+from vipaint.priors.codec import CODEC_CLASSES
+from vipaint.priors.denoisers import (CLASS_EMBEDDER_CONFIG, CLASS_EMBEDDER_WEIGHTS, DENOISER_CLASSES,
+                                      ClassEmbedder, CrossAttnUNetDenoiser, Denoiser, DiTDenoiser,
+                                      UNetDenoiser)
 
-def _vq_scaling(value: float | None) -> float:
-    """A VQ codec's latent scale: the config's `scaling_factor` when it was set to something other than
-    diffusers' VQModel default 0.18215 (the SD KL value, never right for CompVis VQ-LDMs, which are trained
-    unscaled; `vipaint convert-ldm` writes the checkpoint's value), else 1.0."""
-    if value is None or abs(float(value) - _DIFFUSERS_DEFAULT_SCALE) < 1e-9:
-        return 1.0
-    return float(value)
+__all__ = ["PriorNotFoundError", "LoadedComponents", "load_components", "apply_attention_heads",
+           "import_diffusers", "ATTENTION_HEADS_FILE"]
+
+#: per-module attention head counts a UNet2DModel config cannot express (`vipaint convert-ldm`)
+ATTENTION_HEADS_FILE = "attention_heads.json"
+
+
+def import_diffusers() -> Any:
+    """`import diffusers` (deferred by callers: a ~3 s import) with its logging set to errors only."""
+    import diffusers
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    return diffusers
 
 
 class PriorNotFoundError(FileNotFoundError):
@@ -121,8 +147,8 @@ def _layout(src: _Source) -> tuple[tuple[str | None, str], tuple[str, str] | Non
         for k, cls in comps.items():
             if cls in DENOISER_CLASSES and den is None:
                 den = (k, cls)
-            elif cls in _CODEC_CLASSES and codec is None:
-                codec = (k, _CODEC_CLASSES[cls])
+            elif cls in CODEC_CLASSES and codec is None:
+                codec = (k, CODEC_CLASSES[cls])
         if den is None:
             raise ValueError(f"{src.path}/model_index.json names no supported denoiser (components {comps}); "
                              f"supported: {sorted(DENOISER_CLASSES)}")
@@ -144,8 +170,97 @@ def _layout(src: _Source) -> tuple[tuple[str | None, str], tuple[str, str] | Non
         cfg = src.json(f"{sub}/config.json")
         if cfg is not None:
             cls = cfg.get("_class_name") or default
-            if cls not in _CODEC_CLASSES:
-                raise ValueError(f"unsupported codec class {cls!r} in {sub}/; supported: {sorted(_CODEC_CLASSES)}")
-            codec = (sub, _CODEC_CLASSES[cls])
+            if cls not in CODEC_CLASSES:
+                raise ValueError(f"unsupported codec class {cls!r} in {sub}/; supported: {sorted(CODEC_CLASSES)}")
+            codec = (sub, CODEC_CLASSES[cls])
             break
     return den, codec, sched
+
+
+def apply_attention_heads(unet: nn.Module, heads: str | Path | dict[str, int]) -> nn.Module:
+    """Set per-module head counts that a UNet2DModel config cannot express (see `attention_heads.json`).
+
+    `heads`: the folder holding `attention_heads.json`, the file, or its `{"module.path": heads}` map.
+    No-op when the folder has no such file. Returns `unet` (modified in place).
+    """
+    if not isinstance(heads, dict):
+        path = Path(heads)
+        path = path / ATTENTION_HEADS_FILE if path.is_dir() else path
+        if not path.exists():
+            return unet
+        heads = json.loads(path.read_text())["heads"]
+    modules = dict(unet.named_modules())
+    for name, h in heads.items():
+        attn = modules[name]
+        inner = attn.to_q.out_features
+        if inner % h:
+            raise ValueError(f"{name}: {inner} channels cannot be split into {h} heads")
+        attn.heads, attn.scale = int(h), (inner // h) ** -0.5
+    return unet
+
+
+@dataclass
+class LoadedComponents:
+    """What `load_components` found: the denoiser adapter, the diffusers scheduler, the codec (None for pixel
+    priors) and its kind ("identity", "kl" or "vq"), and a VQ codec's `scaling_factor` as written in its
+    config file (None if absent or not VQ)."""
+
+    denoiser: Denoiser
+    scheduler: Any
+    codec: nn.Module | None
+    codec_kind: str
+    vq_config_scaling: float | None = None
+
+
+def load_components(path: str, *, local_files_only: bool | None = None,
+                    download_hint: str | None = None) -> LoadedComponents:
+    """Find the layout of the prior at `path` (a folder or a Hub id, cache included) and load its components
+    with `from_pretrained`. Missing files raise `PriorNotFoundError` saying what to download and where
+    (`download_hint` is appended); `local_files_only` None follows HF_HUB_OFFLINE."""
+    diffusers = import_diffusers()
+    path = str(path)
+    lfo = local_files_only if local_files_only is not None else _offline()
+    src = _Source(path, lfo, download_hint)
+    kw = dict(local_files_only=lfo)
+    try:
+        (den_sub, den_cls), codec_spec, sched_sub = _layout(src)
+    except FileNotFoundError as err:
+        raise _missing(path, str(err), download_hint) from err
+    sub_kw = (lambda s: dict(subfolder=s, **kw) if s else dict(kw))  # noqa: E731
+    try:
+        kind = DENOISER_CLASSES[den_cls]
+        if kind == "dit":
+            cfg = src.json(f"{den_sub}/config.json" if den_sub else "config.json") or {}
+            if cfg.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+                raise ValueError(f"{den_cls} with norm_type {cfg.get('norm_type')!r} is not a DiT; only "
+                                 f"DiT (ada_norm_zero) transformers are supported")
+            model = diffusers.DiTTransformer2DModel.from_pretrained(src.target, **sub_kw(den_sub))
+            denoiser: Denoiser = DiTDenoiser(model)
+        elif kind == "unet_cond":
+            model = diffusers.UNet2DConditionModel.from_pretrained(src.target, **sub_kw(den_sub))
+            if not src.exists(f"class_embedder/{CLASS_EMBEDDER_CONFIG}"):
+                raise FileNotFoundError(
+                    "a UNet2DConditionModel prior needs `class_embedder/` (config.json + "
+                    "diffusion_pytorch_model.safetensors holding embedding.weight [num_classes+1, "
+                    "cross_attention_dim]); see vipaint.priors.denoisers")
+            emb = ClassEmbedder.from_files(src.file(f"class_embedder/{CLASS_EMBEDDER_CONFIG}"),
+                                           src.file(f"class_embedder/{CLASS_EMBEDDER_WEIGHTS}"))
+            denoiser = CrossAttnUNetDenoiser(model, emb)
+        else:
+            model = diffusers.UNet2DModel.from_pretrained(src.target, **sub_kw(den_sub))
+            heads = f"{den_sub}/{ATTENTION_HEADS_FILE}" if den_sub else ATTENTION_HEADS_FILE
+            if src.exists(heads):   # per-module head counts a UNet2DModel config cannot express
+                apply_attention_heads(model, src.root / heads)   # (vipaint convert-ldm, lsun_churches256)
+            denoiser = UNetDenoiser(model)
+        sched = diffusers.DDPMScheduler.from_pretrained(src.target, **sub_kw(sched_sub))
+        codec: nn.Module | None = None
+        codec_kind, vq_scale = "identity", None
+        if codec_spec is not None:
+            csub, codec_kind = codec_spec
+            cls = diffusers.AutoencoderKL if codec_kind == "kl" else diffusers.VQModel
+            codec = cls.from_pretrained(src.target, subfolder=csub, **kw)
+            if codec_kind == "vq":
+                vq_scale = (src.json(f"{csub}/config.json") or {}).get("scaling_factor")
+    except (OSError, EnvironmentError) as err:
+        raise _missing(path, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}", download_hint) from err
+    return LoadedComponents(denoiser, sched, codec, codec_kind, vq_scale)

@@ -27,22 +27,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here ever needs the Hub
 import torch  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser  # noqa: E402
 
-from vipaint.cli import ExplicitArgsMixin  # noqa: E402
+from vipaint.lightning_cli import build_cli  # noqa: E402
 
-__all__ = ["main", "PriorCLI", "resolve_ckpt_path"]
+__all__ = ["main", "add_prior_arguments", "resolve_ckpt_path"]
 
 
-class PriorCLI(ExplicitArgsMixin, LightningCLI):
-    """LightningCLI with resume/export/checkpoint arguments for prior training."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="resume checkpoint: null = <root>/checkpoints/last.ckpt if present, 'last', 'none', or a path")
-        parser.add_argument("--export_dir", type=str | None, default=None, help="diffusers-style output folder after fit")
-        parser.add_argument("--checkpoint_every_n_steps", type=int, default=500, help="period of last.ckpt")
-        parser.add_argument("--num_threads", type=int | None, default=None, help="torch.set_num_threads on CPU")
+def add_prior_arguments(parser: LightningArgumentParser) -> None:
+    """The resume/export/checkpoint arguments of prior training."""
+    parser.add_argument("--ckpt_path", type=str | None, default=None,
+                        help="resume checkpoint: null = <root>/checkpoints/last.ckpt if present, 'last', 'none', or a path")
+    parser.add_argument("--export_dir", type=str | None, default=None, help="diffusers-style output folder after fit")
+    parser.add_argument("--checkpoint_every_n_steps", type=int, default=500, help="period of last.ckpt")
+    parser.add_argument("--num_threads", type=int | None, default=None, help="torch.set_num_threads on CPU")
 
 
 def resolve_ckpt_path(ckpt_path: str | None, root_dir: str | Path) -> str | None:
@@ -61,13 +59,14 @@ def resolve_ckpt_path(ckpt_path: str | None, root_dir: str | Path) -> str | None
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point for `vipaint fit ...`; `argv` are the arguments after `fit`."""
-    cli = PriorCLI(
-        LightningModule,
-        LightningDataModule,
+    cli = build_cli(
+        None if argv is None else list(argv),
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        add_arguments=add_prior_arguments,
         subclass_mode_model=True,
         subclass_mode_data=True,
         run=False,
-        args=None if argv is None else list(argv),
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"accelerator": "auto", "devices": 1},
         parser_kwargs={"default_env": True},
