@@ -255,6 +255,8 @@ class InverseProblemDataModule(L.LightningDataModule):
         # outputs (nothing is written before the barrier) and shard the same pending list
         ds = self.full_dataset()
         keep = self.pending()
+        if len(keep) < len(ds) and (self.trainer is None or self.trainer.is_global_zero):
+            print(f"[vipaint] {len(ds) - len(keep)} of {len(ds)} indices already done, {len(keep)} to compute")
         data = ds if len(keep) == len(ds) else Subset(ds, keep)
         return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=collate)
