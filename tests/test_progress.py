@@ -1,4 +1,4 @@
-"""vipaint.progress: log lines when not a terminal (fake clock), tqdm bars in one, the batch label."""
+"""vipaint.progress: log lines when not a terminal (fake clock), rich bars in one, the batch label."""
 
 from __future__ import annotations
 
@@ -58,15 +58,17 @@ def test_not_a_terminal_by_default_means_lines(capsys):
 
 
 def test_terminal_bar_with_postfix():
-    out = io.StringIO()
+    clock, out = FakeClock(), io.StringIO()
     with progress_label("batch 1/1"):
-        bar = Progress("VIPaint fit", True, tty=True, stream=out)
+        bar = Progress("VIPaint fit", True, tty=True, stream=out, clock=clock)
         bar(1, 2, {"elbo": -95.123456})
-        assert bar.bar is not None and bar.bar.n == 1 and bar.bar.postfix == "elbo=-95.123"
+        assert bar.bar is not None and bar.bar.tasks[0].completed == 1
+        clock.now += 1.0
         bar(2, 2, {"elbo": -90.5})
-    assert bar.bar is None                      # closed at the end of the stage
+    assert bar.bar is None                      # stopped (and cleared) at the end of the stage
     text = out.getvalue()
-    assert "batch 1/1 · VIPaint fit" in text and "0/2" in text and "[vipaint]" not in text
+    assert "batch 1/1 · VIPaint fit" in text and "1/2" in text and "elbo -95.123" in text
+    assert "2/2" in text and "elbo -90.5" in text and "[vipaint]" not in text
 
 
 def test_format_line():

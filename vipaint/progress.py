@@ -1,8 +1,8 @@
 """Progress of a method's stages (VIPaint's fit and refinement, a peer's sampling loop), in a terminal or a log.
 
 Methods report through the hook `progress(done, total, values=None)` of a `Progress` made per stage. In a
-terminal it is a tqdm bar, nested under any outer bar (Lightning's batch bar), with `values` (e.g.
-{"elbo": -95.1}) as its postfix. When stderr is not a terminal (a log file, CI) it writes plain lines
+terminal it is a rich bar, nested under Lightning's (rich) batch bar when there is one, with `values`
+(e.g. {"elbo": -95.1}) after it. When stderr is not a terminal (a log file, CI) it writes plain lines
 
     [vipaint] batch 2/3 · VIPaint fit 25/50 · elbo -95.1 · 41 s
 
@@ -65,7 +65,7 @@ class Progress:
                  clock: Callable[[], float] = time.monotonic, interval: float = 30.0) -> None:
         self.desc, self.enabled, self.stream, self.clock, self.interval = desc, bool(enabled), stream, clock, interval
         self.tty = tty
-        self.bar = None
+        self.bar, self.task = None, None   # the rich display and its task, while a terminal bar is shown
         self.start = self.last_line = clock() if self.enabled else 0.0
 
     def _stream(self) -> TextIO:
@@ -86,18 +86,34 @@ class Progress:
             self._line(done, total, values)
 
     def _bar(self, done: int, total: int, values: Mapping[str, object] | None) -> None:
-        if self.bar is None:
-            from tqdm.auto import tqdm
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
 
+        now = self.clock()
+        if self.bar is None:
+            # a rich display started inside Lightning's RichProgressBar nests under its batch bar (rich's
+            # nested Live); a tqdm bar there would be swallowed by rich's redirection of stderr
             label = _LABEL.get()
-            self.bar = tqdm(total=total, desc=f"{label} · {self.desc}" if label else self.desc, leave=False,
-                            dynamic_ncols=True, file=self.stream)
-        if values:
-            self.bar.set_postfix({k: _number(v) for k, v in values.items()}, refresh=False)
-        self.bar.update(done - self.bar.n)
+            console = None
+            if self.stream is not None:
+                from rich.console import Console
+
+                console = Console(file=self.stream, force_terminal=True)
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), TextColumn("{task.fields[postfix]}"), console=console,
+                                    transient=True, auto_refresh=False)
+            self.bar.start()
+            self.task = self.bar.add_task(f"{label} · {self.desc}" if label else self.desc, total=total, postfix="")
+            self.last_line = float("-inf")
+        postfix = " · ".join(f"{k} {_number(v)}" for k, v in (values or {}).items())
+        self.bar.update(self.task, completed=done, total=total, postfix=postfix)
         if done >= total:
-            self.bar.close()
+            self.bar.refresh()
+            self.bar.stop()
             self.bar = None
+        elif now - self.last_line >= 0.1:       # at most 10 redraws a second
+            self.last_line = now
+            self.bar.refresh()
 
     def _line(self, done: int, total: int, values: Mapping[str, object] | None) -> None:
         now = self.clock()
