@@ -13,7 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vipaint.data import DatasetNotFoundError, InverseProblemDataModule, InverseProblemDataset, collate
+from vipaint.data import (
+    DatasetNotFoundError,
+    InverseProblemDataModule,
+    InverseProblemDataset,
+    PendingSampler,
+    collate,
+)
 from vipaint.masks import BoxMask, HalfPlaneMask
 
 N, S = 4, 16
@@ -240,6 +246,17 @@ def test_datamodule_yields_only_pending_indices(folder, cache):
     assert len(dm.predict_dataloader()) == 0
     dm.skip_done(None)
     assert dm.pending() == list(range(6))
+
+
+def test_pending_sampler_shares():
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    ds = list(range(10))
+    assert [list(PendingSampler(ds, [1, 4, 5], num_replicas=2, rank=r)) for r in (0, 1)] == [[1, 5], [4]]
+    assert len(PendingSampler(ds, [7], num_replicas=3, rank=2)) == 0          # a rank may get nothing
+    for r in range(3):                          # a fresh run: the shares of Lightning's own predict sampler
+        assert list(PendingSampler(ds, list(range(10)), num_replicas=3, rank=r)) == \
+            list(UnrepeatedDistributedSampler(ds, num_replicas=3, rank=r, shuffle=False))
 
 
 def test_done_predicate_errors_propagate(folder, cache):

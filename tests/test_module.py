@@ -12,8 +12,12 @@ import vipaint.module
 from vipaint.data import InverseProblemDataModule, InverseProblemDataset, collate
 from vipaint.masks import BoxMask, HalfPlaneMask
 from vipaint.methods import MethodResult
-from vipaint.metrics import (credible_coverage, exact_posterior_metrics, mixture_weight_error,
-                             sliced_wasserstein)
+from vipaint.metrics import (
+    credible_coverage,
+    exact_posterior_metrics,
+    mixture_weight_error,
+    sliced_wasserstein,
+)
 from vipaint.module import Prediction, VIPaintModule
 from vipaint.priors import GaussianMixture, GaussianPrior, SyntheticMixturePrior
 from vipaint.seeding import ImageRNG

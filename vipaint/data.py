@@ -20,14 +20,20 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vipaint.masks import MaskGenerator, check_mask
 
 if TYPE_CHECKING:
     from vipaint.priors.base import Prior
 
-__all__ = ["InverseProblemDataset", "InverseProblemDataModule", "load_image", "DatasetNotFoundError"]
+__all__ = [
+    "DatasetNotFoundError",
+    "InverseProblemDataModule",
+    "InverseProblemDataset",
+    "PendingSampler",
+    "load_image",
+]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -175,6 +181,25 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+class PendingSampler(DistributedSampler):
+    """One rank's share of the pending dataset indices, `pending[rank::num_replicas]`, in order, unpadded.
+
+    A rank may get none (a resume with fewer pending indices than ranks). Being a `DistributedSampler`, it
+    is used by Lightning as is, instead of being split again by Lightning's predict sampler (which requires
+    at least one index per rank). On a fresh run the shares are those Lightning's sampler would give.
+    """
+
+    def __init__(self, dataset: Dataset, pending: list[int], *, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.share = list(pending)[rank::num_replicas]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.share)
+
+    def __len__(self) -> int:
+        return len(self.share)
+
+
 class InverseProblemDataModule(L.LightningDataModule):
     """Predict-time data for inverse problems.
 
@@ -255,8 +280,8 @@ class InverseProblemDataModule(L.LightningDataModule):
         # outputs (nothing is written before the barrier) and shard the same pending list
         ds = self.full_dataset()
         keep = self.pending()
-        if len(keep) < len(ds) and (self.trainer is None or self.trainer.is_global_zero):
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        if len(keep) < len(ds) and rank == 0:
             print(f"[vipaint] {len(ds) - len(keep)} of {len(ds)} indices already done, {len(keep)} to compute")
-        data = ds if len(keep) == len(ds) else Subset(ds, keep)
-        return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=collate)
+        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=PendingSampler(ds, keep, num_replicas=world,
+                          rank=rank), num_workers=self.hparams.num_workers, collate_fn=collate)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TextIO
 
-__all__ = ["Progress", "progress_label", "format_line"]
+__all__ = ["Progress", "format_line", "progress_label"]
 
 # the label of the current `progress_label` block (a context variable: per thread / task, not a registry)
 _LABEL: ContextVar[str] = ContextVar("vipaint_progress_label", default="")

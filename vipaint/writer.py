@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,10 +39,16 @@ if TYPE_CHECKING:
 __all__ = ["PredictionWriter"]
 
 
-def _atomic(path: Path, write) -> None:  # noqa: ANN001
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then move it into place (readers never see half a file)."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _save_npz(path: Path, arrays: dict[str, torch.Tensor]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{k: v.numpy() for k, v in arrays.items()})
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -112,21 +120,20 @@ class PredictionWriter(BasePredictionWriter):
             name = f"{index:06d}"
             if bool(res.failed[b]):
                 reason = res.reasons[b]
-                _atomic(self.output_dir / "failed" / f"{name}.json",
-                        lambda f: f.write_text(json.dumps({"index": index, "reason": reason, "path": p.path[b]})))
+                _atomic(self.output_dir / "failed" / f"{name}.json", partial(
+                    Path.write_text, data=json.dumps({"index": index, "reason": reason, "path": p.path[b]})))
                 print(f"[vipaint] dataset index {index} ({p.path[b]}) failed: {reason}; nothing written for it")
                 continue
             arrays = {"samples": res.samples[:, b], "composite": p.composite[:, b], "y": p.y[b], "image": p.image[b],
                       "mask": p.mask[b]}
             arrays.update({f"trace_{k}": v[:, b] for k, v in res.traces.items()})
-            _atomic(self.output_dir / "samples" / f"{name}.npz",
-                    lambda f: np.savez_compressed(open(f, "wb"), **{k: v.numpy() for k, v in arrays.items()}))
+            _atomic(self.output_dir / "samples" / f"{name}.npz", partial(_save_npz, arrays=arrays))
             img = panel(p.y[b], p.mask[b], p.composite[:self.max_panel_samples, b], p.image[b], operator=p.operator)
-            _atomic(self.output_dir / "panels" / f"{name}.png", lambda f: img.save(f, format="PNG"))
+            _atomic(self.output_dir / "panels" / f"{name}.png", partial(img.save, format="PNG"))
             rec = {"index": index, "mask": p.mask_name[b], "path": p.path[b], "nfe": res.nfe,
                    "n_backprop": res.n_backprop}
             rec.update({k: float(v[b]) for k, v in p.metrics.items()})
-            _atomic(self.output_dir / "metrics" / f"{name}.json", lambda f: f.write_text(json.dumps(rec)))
+            _atomic(self.output_dir / "metrics" / f"{name}.json", partial(Path.write_text, data=json.dumps(rec)))
             failed = self.output_dir / "failed" / f"{name}.json"
             if failed.exists():
                 failed.unlink()
@@ -143,7 +150,7 @@ class PredictionWriter(BasePredictionWriter):
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
                   + (f", {n_failed} failed (see failed/)" if n_failed else "")
-                  + f"; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
+                  + "; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
         trainer.strategy.barrier()
 
 
