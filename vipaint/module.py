@@ -105,6 +105,7 @@ class VIPaintModule(L.LightningModule):
                 raise ValueError(f"{where}: mask shape {tuple(m.shape)} does not match the image {want}")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Prediction:
+        """Observe the batch, run the method, compute the metrics (every random draw from (seed, index))."""
         self._check(batch)
         x, mask, idx = batch["image"], batch["mask"], batch["index"]
         op = self.make_operator(mask)
