@@ -153,7 +153,7 @@ class StageTimer:
         self.t0 = self.last = time.perf_counter()
         return self
 
-    def tick(self, done: int, total: int) -> None:
+    def tick(self, done: int, total: int, values: dict | None = None) -> None:
         self._sync()
         now = time.perf_counter()
         self.steps.append(now - self.last)

@@ -3,6 +3,7 @@ and devices=1 vs devices=2 (CPU DDP) identity."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,10 +47,15 @@ def _samples(out: Path) -> dict[str, np.ndarray]:
     return {p.stem: np.load(p)["samples"] for p in sorted((out / "samples").glob("*.npz"))}
 
 
-def test_predict_end_to_end_and_resume(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+def test_predict_end_to_end_and_resume(tmp_path, tiny_pixel_prior, tiny_imagefolder, capsys):
     out = tmp_path / "run"
     cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, out)
     main(["predict", "--config", str(cfg)])
+    # progress inside each batch; stderr is not a terminal here, so log lines at the end of each stage
+    err = capsys.readouterr().err
+    for b in (1, 2, 3):
+        assert re.search(rf"^\[vipaint\] batch {b}/3 · VIPaint fit 2/2 · elbo -?[0-9.e+]+ · \d+ s$", err, re.MULTILINE), err
+        assert re.search(rf"^\[vipaint\] batch {b}/3 · VIPaint refine (\d+)/\1 · \d+ s$", err, re.MULTILINE), err
     files = sorted((out / "metrics").glob("*.json"))
     assert [f.stem for f in files] == [f"{i:06d}" for i in range(6)]          # 3 images × 2 masks
     assert len(list((out / "panels").glob("*.png"))) == 6
@@ -65,6 +71,7 @@ def test_predict_end_to_end_and_resume(tmp_path, tiny_pixel_prior, tiny_imagefol
         (out / "metrics" / f"{stem}.json").unlink()
         (out / "samples" / f"{stem}.npz").unlink()
     main(["predict", "--config", str(cfg)])
+    assert "[vipaint] 4 of 6 indices already done, 2 to compute" in capsys.readouterr().out
     again = _samples(out)
     for stem, t in mtimes.items():
         now = (out / "metrics" / f"{stem}.json").stat().st_mtime_ns
@@ -139,6 +146,13 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_pixel_prior, tiny_imagefolde
                f"--trainer.devices={devices}", "--trainer.strategy=" + ("ddp" if devices == 2 else "auto")]
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        if devices == 2:
+            # resume with fewer pending indices than ranks: rank 1 gets none, and the report is still built
+            (out / "metrics" / "000004.json").unlink()
+            (out / "metrics.json").unlink()
+            proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert "5 of 6 indices already done, 1 to compute" in proc.stdout
         # explicit args with a non-empty sys.argv: no LightningCLI "args and command line" warning, while
         # the DDP launch still re-runs the real command line (the child ranks got the config)
         assert "args parameter is intended" not in proc.stderr
@@ -151,7 +165,7 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_pixel_prior, tiny_imagefolde
     assert summaries[0] == summaries[1]                                 # and so are the reported metrics
 
 
-def test_inpaint_single_image(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+def test_inpaint_single_image(tmp_path, tiny_pixel_prior, tiny_imagefolder, capsys):
     from PIL import Image
 
     mask = np.ones((8, 8), np.uint8) * 255
@@ -160,6 +174,9 @@ def test_inpaint_single_image(tmp_path, tiny_pixel_prior, tiny_imagefolder):
     out = tmp_path / "res" / "result.png"
     main(["inpaint", str(Path(tiny_imagefolder) / "000.png"), str(tmp_path / "mask.png"), "--prior", tiny_pixel_prior,
           "--out", str(out), "--samples", "2", "--iterations", "2", "--refine-steps", "2"])
+    err = capsys.readouterr().err                            # progress as log lines (stderr is not a terminal)
+    assert re.search(r"^\[vipaint\] VIPaint fit 2/2 · elbo -?[0-9.e+]+ · \d+ s$", err, re.MULTILINE), err
+    assert re.search(r"^\[vipaint\] VIPaint refine 2/2 · \d+ s$", err, re.MULTILINE), err
     assert Image.open(out).size == (8, 8)
     assert (out.parent / "result_panel.png").exists()
     samples = np.load(out.parent / "result_samples.npz")["samples"]

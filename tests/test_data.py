@@ -1,5 +1,6 @@
-"""InverseProblemDataset on a tiny image folder: items, masks (files and generators), seeding, and the
-errors that bad inputs give (each naming the dataset index or the file)."""
+"""InverseProblemDataset on a tiny image folder: items, masks (files and generators), seeding, the errors
+that bad inputs give (each naming the dataset index or the file), and the DataModule's pending indices and
+analytic prior. (The batch checks of VIPaintModule are in test_module.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vipaint.data import DatasetNotFoundError, InverseProblemDataset, collate
+from vipaint.data import (
+    DatasetNotFoundError,
+    InverseProblemDataModule,
+    InverseProblemDataset,
+    PendingSampler,
+    collate,
+)
 from vipaint.masks import BoxMask, HalfPlaneMask
 
 N, S = 4, 16
@@ -201,49 +208,88 @@ def test_folder_without_masks_needs_generators(tmp_path):
     assert len(ds) == 2 and ds[1]["label"] == -1
 
 
-# -- VIPaintModule._check ---------------------------------------------------------------------------
+# -- the DataModule: pending indices, the analytic prior ------------------------------------------------
 
-@pytest.fixture(scope="module")
-def module():
-    from vipaint.module import VIPaintModule
-    from vipaint.priors import GaussianPrior
-
-    prior = GaussianPrior(torch.zeros(S * S), torch.eye(S * S), image_shape=(1, S, S))
-    return VIPaintModule(prior)
-
-
-def test_check_accepts_good_batch(module, folder, cache):
-    ds = InverseProblemDataset(source=str(folder), cache_dir=cache)
-    module._check(collate([ds[0], ds[1]]))   # no error
+def test_describe_matches_items(folder, cache):
+    gens = [BoxMask(size=0.5), HalfPlaneMask()]
+    for ds in (InverseProblemDataset(source=str(folder), cache_dir=cache, masks=gens),
+               InverseProblemDataset(source=str(folder), cache_dir=cache),
+               InverseProblemDataset(source="prior", prior_samples=torch.zeros(3, 1, S, S), masks=gens)):
+        for k in range(len(ds)):
+            assert ds.describe(k) == (ds[k]["path"], ds[k]["mask_name"])
 
 
-def test_check_wrong_channels(module, tmp_path):
-    root = make_folder(tmp_path / "rgb", n=2, rgb=True)
-    ds = InverseProblemDataset(source=str(root), cache_dir=str(tmp_path / "cache"))
-    assert ds[1]["image"].shape == (3, S, S)
-    batch = collate([ds[0], ds[1]])
-    with pytest.raises(ValueError) as info:
-        module._check(batch)
-    msg = str(info.value)
-    assert "dataset index 0" in msg and "000.png" in msg and "channels" in msg
-    assert "(3, 16, 16)" in msg and "(1, 16, 16)" in msg
+def test_datamodule_yields_only_pending_indices(folder, cache):
+    """Done indices are left out; every item keeps its dataset index, so its seeds are unchanged."""
+    dm = InverseProblemDataModule(str(folder), masks=[BoxMask(size=0.5), HalfPlaneMask()], num_images=3,
+                                  batch_size=2, seed=3, cache_dir=cache)
+    dm.setup("predict")
+    full = [it for batch in dm.predict_dataloader() for it in _items(batch)]
+    assert [it["index"] for it in full] == list(range(6))
+    calls = []
+
+    def done(k, *, path, mask):
+        calls.append((k, Path(path).name, mask))
+        return k in (0, 2, 3)
+
+    dm.skip_done(done)
+    assert dm.pending() == [1, 4, 5]
+    assert calls[:4] == [(0, "000.png", "box"), (1, "001.png", "box"), (2, "002.png", "box"),
+                         (3, "000.png", "half")]
+    rest = [it for batch in dm.predict_dataloader() for it in _items(batch)]
+    assert [it["index"] for it in rest] == [1, 4, 5]
+    for it in rest:                                          # the very items of the full run
+        same = full[it["index"]]
+        assert torch.equal(it["image"], same["image"]) and torch.equal(it["mask"], same["mask"])
+        assert it["path"] == same["path"] and it["mask_name"] == same["mask_name"]
+    dm.skip_done(lambda k, **_: True)
+    assert len(dm.predict_dataloader()) == 0
+    dm.skip_done(None)
+    assert dm.pending() == list(range(6))
 
 
-def test_check_nan_pixels(module):
-    img = torch.zeros(2, 1, S, S)
-    img[1, 0, 3, 4] = float("nan")
-    mask = torch.ones(2, 1, S, S)
-    batch = {"image": img, "mask": mask, "index": torch.tensor([7, 42]), "path": ["a.png", "b.png"]}
-    with pytest.raises(ValueError, match="NaN") as info:
-        module._check(batch)
-    assert "dataset index 42" in str(info.value) and "b.png" in str(info.value)
-    img[1, 0, 3, 4] = float("inf")
-    with pytest.raises(ValueError, match="dataset index 42"):
-        module._check(batch)
+def test_pending_sampler_shares():
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    ds = list(range(10))
+    assert [list(PendingSampler(ds, [1, 4, 5], num_replicas=2, rank=r)) for r in (0, 1)] == [[1, 5], [4]]
+    assert len(PendingSampler(ds, [7], num_replicas=3, rank=2)) == 0          # a rank may get nothing
+    for r in range(3):                          # a fresh run: the shares of Lightning's own predict sampler
+        assert list(PendingSampler(ds, list(range(10)), num_replicas=3, rank=r)) == \
+            list(UnrepeatedDistributedSampler(ds, num_replicas=3, rank=r, shuffle=False))
 
 
-def test_check_mask_size(module):
-    batch = {"image": torch.zeros(1, 1, S, S), "mask": torch.ones(1, 1, 8, 8), "index": torch.tensor([3]),
-             "path": ["c.png"]}
-    with pytest.raises(ValueError, match=r"dataset index 3 \(file c\.png\): mask shape"):
-        module._check(batch)
+def test_done_predicate_errors_propagate(folder, cache):
+    dm = InverseProblemDataModule(str(folder), masks=[BoxMask()], num_images=2, cache_dir=cache)
+
+    def done(k, *, path, mask):
+        raise RuntimeError(f"index {k} is now another image")
+
+    dm.skip_done(done)
+    with pytest.raises(RuntimeError, match="index 0 is now another image"):
+        dm.predict_dataloader()
+
+
+def test_prior_source_needs_set_prior():
+    from vipaint.priors import SyntheticMixturePrior
+
+    dm = InverseProblemDataModule("prior", num_images=3, seed=2, masks=[BoxMask()])
+    dm.setup("predict")                                      # nothing to build yet
+    with pytest.raises(ValueError, match="needs an analytic prior"):
+        dm.predict_dataloader()
+    prior = SyntheticMixturePrior(image_shape=(1, 8, 8), seed=0)
+    dm.set_prior(prior)
+    ds = dm.full_dataset()
+    truths = prior.sample(3, torch.Generator().manual_seed(2 + 7919))
+    assert torch.equal(torch.stack([ds[k]["image"] for k in range(3)]), truths)
+    other = SyntheticMixturePrior(image_shape=(1, 8, 8), seed=1)
+    dm.set_prior(other)                                      # another prior: other ground truths
+    assert not torch.equal(dm.full_dataset()[0]["image"], truths[0])
+    dm.set_prior(other)
+    assert dm.full_dataset() is dm.full_dataset()
+
+
+def _items(batch: dict) -> list[dict]:
+    """A collated batch back to its items."""
+    return [{k: v[b] for k, v in batch.items()} | {"index": int(batch["index"][b])}
+            for b in range(len(batch["index"]))]

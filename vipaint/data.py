@@ -2,25 +2,38 @@
 
 Sources: a local image folder (optionally with paired masks through `metadata.jsonl`
 `{"file_name": ..., "mask_file_name": ..., "class_id": ...}`), a Hub dataset id through `datasets`, or
-samples of an analytic prior ("prior"). Masks come from the files or from generators; with G
-generators the dataset is the product images × generators: item k = image k mod N, generator k div N.
+samples of an analytic prior ("prior", given by `InverseProblemDataModule.set_prior`). Masks come from the
+files or from generators; with G generators the dataset is the product images × generators: item k = image
+k mod N, generator k div N. The DataModule yields only the pending indices (`skip_done`); each item keeps its
+dataset index, from which every per-image seed derives, so a resumed run computes what a full run does.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vipaint.masks import MaskGenerator, check_mask
 
-__all__ = ["InverseProblemDataset", "InverseProblemDataModule", "load_image", "DatasetNotFoundError"]
+if TYPE_CHECKING:
+    from vipaint.priors.base import Prior
+
+__all__ = [
+    "DatasetNotFoundError",
+    "InverseProblemDataModule",
+    "InverseProblemDataset",
+    "PendingSampler",
+    "load_image",
+]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -120,6 +133,12 @@ class InverseProblemDataset(Dataset):
             return (v["path"] if v.get("bytes") is None else __import__("io").BytesIO(v["bytes"])), path
         return v, str(v)
 
+    def describe(self, k: int) -> tuple[str, str]:
+        """(image path, mask name) of item k, as `__getitem__` gives them, without decoding the image."""
+        i, g = k % self.n_images, k // self.n_images
+        path = f"prior sample {i}" if self.table is None else self._cell(self.table[i], "image")[1]
+        return path, (self.masks[g].name if self.masks else "file")
+
     def __getitem__(self, k: int) -> dict:
         if k < 0 or k >= len(self):
             raise IndexError(k)
@@ -162,11 +181,31 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+class PendingSampler(DistributedSampler):
+    """One rank's share of the pending dataset indices, `pending[rank::num_replicas]`, in order, unpadded.
+
+    A rank may get none (a resume with fewer pending indices than ranks). Being a `DistributedSampler`, it
+    is used by Lightning as is, instead of being split again by Lightning's predict sampler (which requires
+    at least one index per rank). On a fresh run the shares are those Lightning's sampler would give.
+    """
+
+    def __init__(self, dataset: Dataset, pending: list[int], *, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.share = list(pending)[rank::num_replicas]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.share)
+
+    def __len__(self) -> int:
+        return len(self.share)
+
+
 class InverseProblemDataModule(L.LightningDataModule):
     """Predict-time data for inverse problems.
 
     Args:
-        source: image folder, Hub dataset id, or "prior" (samples of the module's analytic prior).
+        source: image folder, Hub dataset id, or "prior" (samples of the analytic prior given by `set_prior`;
+            `VIPaintModule.setup` gives its own).
         split: dataset split (a plain folder has a single split, used whatever the name).
         masks: mask generators (the dataset becomes images × generators); None: masks from the files.
         num_images: use the first N images (None: all).
@@ -184,24 +223,65 @@ class InverseProblemDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["masks"])
         self.masks = masks
         self.dataset: InverseProblemDataset | None = None
+        self.prior: Prior | None = None
+        self.done: Callable[..., bool] | None = None
+        # under DDP a rank may get no pending index (a resume with fewer pending indices than ranks)
+        self.allow_zero_length_dataloader_with_multiple_devices = True
+
+    def set_prior(self, prior: Prior | None) -> None:
+        """The analytic prior whose samples are the ground truths of source "prior" (unused otherwise)."""
+        if prior is not self.prior and self.hparams.source == "prior":
+            self.dataset = None
+        self.prior = prior
+
+    def skip_done(self, done: Callable[..., bool] | None) -> None:
+        """Leave out of `predict_dataloader` the indices k with `done(k, path=..., mask=...)` true (the
+        `PredictionWriter.is_done` of the run folder, which may raise when k now names another image or
+        mask type); None: yield every index."""
+        self.done = done
 
     def setup(self, stage: str | None = None) -> None:
+        if self.hparams.source != "prior":   # with source "prior" the dataset waits for `set_prior`
+            self.full_dataset()
+
+    def full_dataset(self) -> InverseProblemDataset:
+        """Every index of the configured data (built on first use)."""
         if self.dataset is not None:
-            return
+            return self.dataset
         h = self.hparams
         samples = None
         if h.source == "prior":
-            prior = getattr(self.trainer.lightning_module, "prior", None) if self.trainer else None
-            if prior is None or not hasattr(prior, "sample"):
-                raise ValueError("data source 'prior' needs an analytic prior (GaussianMixturePrior) in the model")
+            if self.prior is None or not hasattr(self.prior, "sample"):
+                raise ValueError("data source 'prior' needs an analytic prior (GaussianMixturePrior) in the model "
+                                 "(InverseProblemDataModule.set_prior; VIPaintModule.setup passes its prior)")
             g = torch.Generator().manual_seed(int(h.seed) + 7919)
-            samples = prior.sample(h.num_images or 16, g).cpu()
+            samples = self.prior.sample(h.num_images or 16, g).cpu()
         self.dataset = InverseProblemDataset(source=h.source, split=h.split, masks=self.masks,
                                              num_images=h.num_images, image_size=h.image_size,
                                              channels=h.channels, seed=h.seed,
                                              cache_dir=h.cache_dir or os.environ.get("VIPAINT_DATA_CACHE"),
                                              prior_samples=samples)
+        return self.dataset
+
+    def pending(self) -> list[int]:
+        """The dataset indices still to compute, in order."""
+        ds = self.full_dataset()
+        if self.done is None:
+            return list(range(len(ds)))
+        out = []
+        for k in range(len(ds)):
+            path, mask = ds.describe(k)
+            if not self.done(k, path=path, mask=mask):
+                out.append(k)
+        return out
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=collate)
+        # Lightning holds every rank at a barrier after this call, so all ranks read the same finished
+        # outputs (nothing is written before the barrier) and shard the same pending list
+        ds = self.full_dataset()
+        keep = self.pending()
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        if len(keep) < len(ds) and rank == 0:
+            print(f"[vipaint] {len(ds) - len(keep)} of {len(ds)} indices already done, {len(keep)} to compute")
+        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=PendingSampler(ds, keep, num_replicas=world,
+                          rank=rank), num_workers=self.hparams.num_workers, collate_fn=collate)

@@ -1,23 +1,47 @@
 """The Lightning shell: a frozen prior + a method, run per batch in `predict_step`.
 
-λ lives only inside `predict_step` (built per batch, never a parameter of this module), so under
+`predict_step` observes the batch, calls the method, calls the metrics and returns a `Prediction`; the
+`PredictionWriter` callback stores it. Which indices still need computing is decided on the data side
+(`InverseProblemDataModule.skip_done`, given the writer's `is_done`).
+λ lives only inside the method call (built per batch, never a parameter of this module), so under
 `strategy=ddp` each rank fits the posteriors of its own shard and nothing is averaged across ranks.
 Use with `Trainer(inference_mode=False)` (the CLI sets it): the fit and the guidance need gradients.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 from torch import Tensor
 
 from vipaint.api import solve_full
-from vipaint.metrics import psnr, psnr_hole, ssim
+from vipaint.data import InverseProblemDataModule
+from vipaint.methods import MethodResult
+from vipaint.metrics import exact_posterior_metrics, sample_metrics
 from vipaint.operators import Downsample, GaussianBlur, Identity, Inpainting, LinearOperator
 from vipaint.priors.base import Prior
+from vipaint.progress import progress_label
 from vipaint.seeding import ImageRNG
 
-__all__ = ["VIPaintModule"]
+__all__ = ["Prediction", "VIPaintModule"]
+
+
+@dataclass
+class Prediction:
+    """The outputs of one batch of B images, on the CPU (what `PredictionWriter` stores per index)."""
+
+    index: Tensor                   # [B] dataset indices
+    path: list[str]                 # image file (or "prior sample i") of each index
+    mask_name: list[str]            # mask type of each index
+    image: Tensor                   # [B, C, H, W] ground truths
+    mask: Tensor                    # [B, 1, H, W], 1 = observed
+    y: Tensor                       # [B, ...] observations
+    result: MethodResult            # samples [S, B, C, H, W], network passes, failures, traces
+    composite: Tensor               # [S, B, C, H, W]: the samples, with the observed pixels pasted (inpainting)
+    metrics: dict[str, Tensor]      # name → [B]
+    operator: str                   # "inpainting", "blur", "sr" or "identity"
 
 
 class VIPaintModule(L.LightningModule):
@@ -51,11 +75,11 @@ class VIPaintModule(L.LightningModule):
         self.prior = prior.requires_grad_(False).eval()
         self.method, self.method_options = method, dict(method_options or {})
 
-    def on_predict_start(self) -> None:
-        # outputs go to the writer's files; keeping every batch's samples in memory would grow without
-        # bound on a large dataset, so `trainer.predict` returns None
-        if self._writer() is not None:
-            self.trainer.predict_loop.return_predictions = False
+    def setup(self, stage: str) -> None:
+        """Give the datamodule this module's prior: its source "prior" draws the ground truths from it."""
+        dm = self.trainer.datamodule
+        if isinstance(dm, InverseProblemDataModule):
+            dm.set_prior(self.prior)
 
     def make_operator(self, mask: Tensor) -> LinearOperator:
         h = self.hparams
@@ -80,77 +104,58 @@ class VIPaintModule(L.LightningModule):
             if tuple(m.shape[-2:]) != want[-2:]:
                 raise ValueError(f"{where}: mask shape {tuple(m.shape)} does not match the image {want}")
 
-    def _posterior_metrics(self, post, samples: Tensor, x: Tensor, region: Tensor | None,  # noqa: ANN001
-                           idx: Tensor) -> dict[str, Tensor]:
-        """Distances to the exact posterior (ALGORITHM.md §8): sliced Wasserstein to 256 exact samples,
-        mixture-weight error, and 90 % credible-interval coverage of the ground truth (method and exact)."""
-        from vipaint.metrics import credible_coverage, mixture_weight_error, sliced_wasserstein
-
-        gens = ImageRNG(self.hparams.seed, idx, stream="exact-reference").generators
-        ref = post.sample(256, gens).float().to(samples.device)
-        g = torch.Generator().manual_seed(int(self.hparams.seed))
-        reg = region.float() if region is not None else None
-        return {"sliced_w2": sliced_wasserstein(samples, ref, generator=g),
-                "mode_weight_error": mixture_weight_error(samples.double(), post.weights, post.means, post.covs),
-                "coverage90": credible_coverage(samples, x, 0.9, region=reg),
-                "coverage90_exact": credible_coverage(ref, x, 0.9, region=reg)}
-
-    def _writer(self):  # noqa: ANN202
-        from vipaint.writer import PredictionWriter
-
-        for cb in (self.trainer.callbacks if self._trainer is not None else []):
-            if isinstance(cb, PredictionWriter):
-                return cb
-        return None
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict | None:
-        writer = self._writer()
-        keep = [i for i, k in enumerate(batch["index"].tolist())
-                if writer is None or not writer.is_done(k, path=batch["path"][i], mask=batch["mask_name"][i])]
-        if not keep:
-            return None
-        if len(keep) < len(batch["index"]):
-            batch = {k: (v[keep] if isinstance(v, Tensor) else [v[i] for i in keep]) for k, v in batch.items()}
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Prediction:
+        """Observe the batch, run the method, compute the metrics (every random draw from (seed, index))."""
         self._check(batch)
         x, mask, idx = batch["image"], batch["mask"], batch["index"]
         op = self.make_operator(mask)
         y = op.observe(x, ImageRNG(self.hparams.seed, idx, stream="observation", device=x.device))
-        labels = batch["label"].to(x.device)
+        res = self._solve(op, y, idx, batch["label"].to(x.device), self._batch_label(batch_idx, dataloader_idx))
+        samples = res.samples.detach()
+        composite = op.paste(samples, y) if isinstance(op, Inpainting) else samples
+        metrics = self.metrics(op, y, samples, x, mask, idx)
+        result = MethodResult(samples=samples.cpu(), nfe=res.nfe, n_backprop=res.n_backprop, failed=res.failed.cpu(),
+                              reasons=res.reasons, traces={k: v.cpu() for k, v in res.traces.items()})
+        return Prediction(index=idx.cpu(), path=list(batch["path"]), mask_name=list(batch["mask_name"]),
+                          image=x.cpu(), mask=mask.cpu(), y=y.cpu(), result=result, composite=composite.cpu(),
+                          metrics=metrics, operator=self.hparams.operator)
+
+    def _batch_label(self, batch_idx: int, dataloader_idx: int) -> str:
+        """ "batch 2/3" for the progress lines (the total counts the batches of pending indices)."""
+        if self._trainer is None:
+            return ""
+        totals = self.trainer.num_predict_batches
+        total = totals[dataloader_idx] if dataloader_idx < len(totals) else None
+        return f"batch {batch_idx + 1}/{int(total) if total not in (None, float('inf')) else '?'}"
+
+    def _solve(self, op: LinearOperator, y: Tensor, idx: Tensor, labels: Tensor, label: str) -> MethodResult:
+        """The method on the batch's observations; progress (bars or log lines) on rank 0 only."""
         cond = labels if self.hparams.use_labels and getattr(self.prior, "num_classes", None) and \
             (labels >= 0).all() else None
-        with torch.enable_grad():
-            res = solve_full(self.method, self.prior, op, y, n_samples=self.hparams.n_samples,
-                             seed=self.hparams.seed, indices=idx, cond=cond,
-                             progress=self.trainer.is_global_zero if self._trainer is not None else False,
-                             **self.method_options)
-        samples = res.samples.detach()
-        out_img = op.paste(samples, y) if isinstance(op, Inpainting) else samples
-        s = samples.shape[0]
-        flat = lambda v: v.reshape((-1,) + tuple(v.shape[2:]))  # noqa: E731
-        rep = lambda v: v[None].expand(s, *v.shape).reshape((-1,) + tuple(v.shape[1:]))  # noqa: E731
-        metrics = {
-            "psnr": psnr(flat(samples), rep(x)).reshape(s, -1).mean(0),
-            "ssim": ssim(flat(samples).clamp(-1, 1), rep(x)).reshape(s, -1).mean(0),
-            "psnr_mean_sample": psnr(samples.mean(0), x),
-        }
-        if isinstance(op, Inpainting):
-            metrics["psnr_hole"] = psnr_hole(flat(samples), rep(x), rep(mask)).reshape(s, -1).mean(0)
+        with torch.enable_grad(), progress_label(label):
+            return solve_full(self.method, self.prior, op, y, n_samples=self.hparams.n_samples,
+                              seed=self.hparams.seed, indices=idx, cond=cond,
+                              progress=self.trainer.is_global_zero if self._trainer is not None else False,
+                              **self.method_options)
+
+    def metrics(self, op: LinearOperator, y: Tensor, samples: Tensor, x: Tensor, mask: Tensor,
+                idx: Tensor) -> dict[str, Tensor]:
+        """Per-image metrics [B] (on the CPU): reconstruction, and with an analytic prior the distances to the
+        exact posterior (docs/algorithm.md §8)."""
+        inpainting = isinstance(op, Inpainting)
+        out = sample_metrics(samples, x, mask if inpainting else None)
         if hasattr(self.prior, "exact_posterior"):
             post = self.prior.exact_posterior(op, y)
-            em, es = post.mean().float(), post.std().float()
-            sf = samples.reshape(s, samples.shape[1], -1)
-            metrics["exact_mean_rmse"] = (sf.mean(0) - em).pow(2).mean(-1).sqrt()
-            metrics["prior_mean_rmse"] = (self.prior.mean_image().reshape(1, -1).to(em) - em).pow(2).mean(-1).sqrt() \
-                if hasattr(self.prior, "mean_image") else torch.full_like(em[:, 0], float("nan"))
-            region = (1 - mask).reshape(mask.shape[0], -1).bool() if isinstance(op, Inpainting) else None
-            if region is not None and region.shape[1] != sf.shape[-1]:
-                region = region.repeat(1, sf.shape[-1] // region.shape[1])
-            ratio = sf.std(0) / es.clamp_min(1e-8)
-            metrics["exact_std_ratio"] = ratio.mean(-1) if region is None else \
-                (ratio * region).sum(-1) / region.sum(-1).clamp_min(1)
-            metrics.update(self._posterior_metrics(post, sf, x.reshape(x.shape[0], -1), region, idx))
-        return {"index": idx.cpu(), "image": x.cpu(), "mask": mask.cpu(), "y": y.cpu(),
-                "samples": samples.cpu(), "composite": out_img.cpu(), "mask_name": batch["mask_name"],
-                "path": batch["path"], "metrics": {k: v.detach().cpu() for k, v in metrics.items()},
-                "failed": res.failed.cpu(), "reasons": res.reasons, "nfe": res.nfe, "n_backprop": res.n_backprop,
-                "traces": {k: v.cpu() for k, v in res.traces.items()}, "operator": self.hparams.operator}
+            s, b = samples.shape[:2]
+            sf = samples.reshape(s, b, -1)
+            region = None
+            if inpainting:   # the hole, repeated over the channels
+                region = (1 - mask).reshape(b, -1).bool()
+                if region.shape[1] != sf.shape[-1]:
+                    region = region.repeat(1, sf.shape[-1] // region.shape[1])
+            gens = ImageRNG(self.hparams.seed, idx, stream="exact-reference").generators
+            ref = post.sample(256, gens).float().to(samples.device)
+            prior_mean = self.prior.mean_image() if hasattr(self.prior, "mean_image") else None
+            out.update(exact_posterior_metrics(sf, x.reshape(b, -1), post, ref, region=region, prior_mean=prior_mean,
+                                               generator=torch.Generator().manual_seed(int(self.hparams.seed))))
+        return {k: v.detach().cpu() for k, v in out.items()}

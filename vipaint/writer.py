@@ -8,9 +8,12 @@ Files under `output_dir` (written by the rank that processed the image, atomical
     settings.json         what determines the results (method, options, prior, operator, data, masks,
                           seeds); a rerun into the same folder with other settings stops with an error
                           instead of mixing results (batch size, device count and num_images may change)
-At the end of the epoch, after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json`
-(means per mask type and overall) and an ELBO-curve plot from the files, and logs them to the logger.
-Since the report is built from files, a resumed or multi-GPU run reports every index exactly once.
+Resume: at setup the writer hands its `is_done` to the `InverseProblemDataModule` (`skip_done`), which then
+yields only the indices without outputs (with another datamodule every index is computed and rewritten).
+At the end of the predict run (`teardown`, reached by every rank, also when a rank had nothing to compute),
+after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json` (means per mask type and
+overall) and an ELBO-curve plot from the files, and logs them to the logger. Since the report is built
+from files, a resumed or multi-GPU run reports every index exactly once.
 """
 
 from __future__ import annotations
@@ -18,21 +21,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from vipaint.data import InverseProblemDataModule
 from vipaint.report import build_report, panel
+
+if TYPE_CHECKING:
+    from vipaint.module import Prediction
 
 __all__ = ["PredictionWriter"]
 
 
-def _atomic(path: Path, write) -> None:  # noqa: ANN001
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then move it into place (readers never see half a file)."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _save_npz(path: Path, arrays: dict[str, torch.Tensor]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{k: v.numpy() for k, v in arrays.items()})
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -64,7 +80,15 @@ class PredictionWriter(BasePredictionWriter):
         if "{method}" in self.template:
             self.set_output_dir(self.template.format(method=getattr(pl_module, "method", "run")))
         if stage == "predict":
-            check_settings(self.output_dir, run_settings(pl_module, getattr(trainer, "datamodule", None)))
+            datamodule = getattr(trainer, "datamodule", None)
+            check_settings(self.output_dir, run_settings(pl_module, datamodule))
+            if isinstance(datamodule, InverseProblemDataModule):
+                datamodule.skip_done(self.is_done)
+
+    def on_predict_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        # the outputs go to files; keeping every batch's samples in memory would grow without bound on a
+        # large dataset, so `trainer.predict` returns None
+        trainer.predict_loop.return_predictions = False
 
     def is_done(self, index: int, *, path: str | None = None, mask: str | None = None) -> bool:
         """Whether `index` has its outputs. Given the item's image `path` and `mask` name, also checks that
@@ -85,37 +109,40 @@ class PredictionWriter(BasePredictionWriter):
                     "data.num_images, or write to a new folder.")
         return True
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
-                           dataloader_idx) -> None:
-        if prediction is None:
-            return
-        for b, index in enumerate(prediction["index"].tolist()):
+    def write_on_batch_end(self, trainer, pl_module, prediction: Prediction, batch_indices, batch,  # noqa: ANN001
+                           batch_idx: int, dataloader_idx: int) -> None:
+        self.write(prediction)
+
+    def write(self, prediction: Prediction) -> None:
+        """Each image's files; a failed image gets failed/<index>.json only."""
+        p, res = prediction, prediction.result
+        for b, index in enumerate(p.index.tolist()):
             name = f"{index:06d}"
-            if bool(prediction["failed"][b]):
-                reason = prediction["reasons"][b]
-                _atomic(self.output_dir / "failed" / f"{name}.json",
-                        lambda p: p.write_text(json.dumps({"index": index, "reason": reason,
-                                                           "path": prediction["path"][b]})))
-                print(f"[vipaint] dataset index {index} ({prediction['path'][b]}) failed: {reason}; "
-                      f"nothing written for it")
+            if bool(res.failed[b]):
+                reason = res.reasons[b]
+                _atomic(self.output_dir / "failed" / f"{name}.json", partial(
+                    Path.write_text, data=json.dumps({"index": index, "reason": reason, "path": p.path[b]})))
+                print(f"[vipaint] dataset index {index} ({p.path[b]}) failed: {reason}; nothing written for it")
                 continue
-            arrays = {"samples": prediction["samples"][:, b], "composite": prediction["composite"][:, b],
-                      "y": prediction["y"][b], "image": prediction["image"][b], "mask": prediction["mask"][b]}
-            arrays.update({f"trace_{k}": v[:, b] for k, v in prediction["traces"].items()})
-            _atomic(self.output_dir / "samples" / f"{name}.npz",
-                    lambda p: np.savez_compressed(open(p, "wb"), **{k: v.numpy() for k, v in arrays.items()}))
-            img = panel(prediction["y"][b], prediction["mask"][b], prediction["composite"][:self.max_panel_samples, b],
-                        prediction["image"][b], operator=prediction["operator"])
-            _atomic(self.output_dir / "panels" / f"{name}.png", lambda p: img.save(p, format="PNG"))
-            rec = {"index": index, "mask": prediction["mask_name"][b], "path": prediction["path"][b],
-                   "nfe": prediction["nfe"], "n_backprop": prediction["n_backprop"]}
-            rec.update({k: float(v[b]) for k, v in prediction["metrics"].items()})
-            _atomic(self.output_dir / "metrics" / f"{name}.json", lambda p: p.write_text(json.dumps(rec)))
+            arrays = {"samples": res.samples[:, b], "composite": p.composite[:, b], "y": p.y[b], "image": p.image[b],
+                      "mask": p.mask[b]}
+            arrays.update({f"trace_{k}": v[:, b] for k, v in res.traces.items()})
+            _atomic(self.output_dir / "samples" / f"{name}.npz", partial(_save_npz, arrays=arrays))
+            img = panel(p.y[b], p.mask[b], p.composite[:self.max_panel_samples, b], p.image[b], operator=p.operator)
+            _atomic(self.output_dir / "panels" / f"{name}.png", partial(img.save, format="PNG"))
+            rec = {"index": index, "mask": p.mask_name[b], "path": p.path[b], "nfe": res.nfe,
+                   "n_backprop": res.n_backprop}
+            rec.update({k: float(v[b]) for k, v in p.metrics.items()})
+            _atomic(self.output_dir / "metrics" / f"{name}.json", partial(Path.write_text, data=json.dumps(rec)))
             failed = self.output_dir / "failed" / f"{name}.json"
             if failed.exists():
                 failed.unlink()
 
-    def on_predict_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def teardown(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
+        """The run report, once every rank is done (Lightning skips the epoch hooks of a rank whose
+        dataloader is empty, but every rank reaches `teardown`)."""
+        if stage != "predict":
+            return
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             report = build_report(self.output_dir)
@@ -123,7 +150,7 @@ class PredictionWriter(BasePredictionWriter):
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
                   + (f", {n_failed} failed (see failed/)" if n_failed else "")
-                  + f"; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
+                  + "; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
         trainer.strategy.barrier()
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from vipaint.progress import Progress
+
 __all__ = ["MethodResult", "Progress", "initial_image"]
 
 
@@ -35,28 +37,6 @@ class MethodResult:
             self.failed = torch.zeros(self.samples.shape[1], dtype=torch.bool)
         if not self.reasons:
             self.reasons = [""] * self.samples.shape[1]
-
-
-class Progress:
-    """A callback `progress(done, total)` for a stage; wraps tqdm when enabled."""
-
-    def __init__(self, desc: str, enabled: bool = True) -> None:
-        import sys
-
-        self.desc, self.bar = desc, None
-        self.enabled = enabled and sys.stderr.isatty()   # no bar spam in logs and CI
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, leave=False, dynamic_ncols=True)
-        self.bar.update(done - self.bar.n)
-        if done >= total:
-            self.bar.close()
-            self.bar = None
 
 
 def initial_image(operator, y: Tensor, image_shape: tuple[int, int, int], fill: str = "zero"  # noqa: ANN001

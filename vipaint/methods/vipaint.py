@@ -122,7 +122,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
         opt.step()
         sched.step()
         if progress is not None:
-            progress(it + 1, cfg.iterations)
+            progress(it + 1, cfg.iterations, {"elbo": -float(trace[it].nanmean())})   # mean over the batch
     return post, trace, failed, reasons
 
 

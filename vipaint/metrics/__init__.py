@@ -34,6 +34,7 @@ from vipaint.metrics.image import (
 from vipaint.metrics.perceptual import LPIPS_BACKBONE_FILES, PerceptualDistance, perceptual_metric
 from vipaint.metrics.posterior import (
     credible_coverage,
+    exact_posterior_metrics,
     mean_error,
     mixture_moments,
     mixture_weight_error,
@@ -53,6 +54,7 @@ __all__ = [
     "best_and_mean",
     "credible_coverage",
     "default_inception",
+    "exact_posterior_metrics",
     "hole_std",
     "hub_checkpoint",
     "make_fid",
@@ -67,6 +69,7 @@ __all__ = [
     "psnr",
     "psnr_hole",
     "rms_distance",
+    "sample_metrics",
     "sliced_wasserstein",
     "ssim",
     "ssim_hole",
@@ -93,4 +96,32 @@ def summarize(per_image: dict[str, Tensor | float]) -> dict[str, float]:
     for name, value in per_image.items():
         values = torch.as_tensor(value).detach().float().reshape(-1).cpu()
         out[name] = float(values.nanmean()) if values.numel() else float("nan")
+    return out
+
+
+def sample_metrics(samples: Tensor, x_true: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+    """Reconstruction metrics of S samples per image against the ground truth, one value per image.
+
+    Args:
+        samples: [S, B, C, H, W] samples on [−1, 1].
+        x_true: [B, C, H, W] ground truths.
+        mask: [B, 1, H, W] observation mask (1 = observed) for the hole PSNR; None: no hole metric.
+
+    Returns:
+        name → [B]: psnr and ssim (means over the S samples; SSIM of samples clipped to [−1, 1]),
+        psnr_mean_sample (PSNR of the sample mean), and with a mask psnr_hole (mean over the samples).
+    """
+    s = samples.shape[0]
+    flat = samples.reshape((-1,) + tuple(samples.shape[2:]))                                   # [S·B, C, H, W]
+
+    def rep(v: Tensor) -> Tensor:   # [B, ...] → [S·B, ...], sample-major like `flat`
+        return v[None].expand(s, *v.shape).reshape((-1,) + tuple(v.shape[1:]))
+
+    out = {
+        "psnr": psnr(flat, rep(x_true)).reshape(s, -1).mean(0),
+        "ssim": ssim(flat.clamp(-1, 1), rep(x_true)).reshape(s, -1).mean(0),
+        "psnr_mean_sample": psnr(samples.mean(0), x_true),
+    }
+    if mask is not None:
+        out["psnr_hole"] = psnr_hole(flat, rep(x_true), rep(mask)).reshape(s, -1).mean(0)
     return out

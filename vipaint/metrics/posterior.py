@@ -8,12 +8,18 @@ returns one value per observation, [B].
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal
 
+if TYPE_CHECKING:
+    from vipaint.priors.analytic import GaussianMixture
+
 __all__ = [
     "credible_coverage",
+    "exact_posterior_metrics",
     "mean_error",
     "mixture_moments",
     "mixture_weight_error",
@@ -205,3 +211,44 @@ def credible_coverage(
     truth = _flat_per_image(x_true, x.shape[1])
     inside = ((truth >= lo) & (truth <= hi)).float()
     return _region_mean(inside, region)
+
+
+def exact_posterior_metrics(samples: Tensor, x_true: Tensor, posterior: GaussianMixture, reference: Tensor, *,
+                            region: Tensor | None = None, prior_mean: Tensor | None = None,
+                            generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """A method's samples against the exact posterior of an analytic prior (docs/algorithm.md §8), per image.
+
+    Args:
+        samples: [S, B, D] method samples (S ≥ 2).
+        x_true: [B, D] ground truths.
+        posterior: the exact posterior mixtures (weights [B, J], means [B, J, D], covs [B, J, D, D], float64).
+        reference: [S', B, D] exact posterior samples.
+        region: [B, D] coordinates counted by the std ratio and the coverages (the hole); None = all.
+        prior_mean: [D] prior mean, or None (then prior_mean_rmse is NaN).
+        generator: CPU generator of the sliced-Wasserstein directions.
+
+    Returns:
+        name → [B]: exact_mean_rmse (RMS error of the sample mean to the exact mean), prior_mean_rmse (the
+        same for the prior mean, a baseline), exact_std_ratio (sample std / exact std, mean over the region;
+        exact stds ≤ 1e-8 are left out; NaN for a single sample), sliced_w2 (to the reference samples), mode_weight_error (L1 between
+        sample and exact component weights), coverage90 and coverage90_exact (90 % credible-interval
+        coverage of the truth by the samples and by the reference).
+    """
+    em, es = posterior.mean().float(), posterior.std().float()
+    if prior_mean is None:
+        prior_rmse = torch.full_like(em[:, 0], float("nan"))
+    else:   # the prior mean as the single "sample" of each image
+        prior_rmse = mean_error(prior_mean.reshape(1, 1, -1).to(em).expand(1, em.shape[0], -1), em)
+    weight = region.float() if region is not None else None
+    ratio = std_ratio(samples, es, weight, eps=1e-8) if samples.shape[0] > 1 else torch.full_like(prior_rmse,
+                                                                                                 float("nan"))
+    return {
+        "exact_mean_rmse": mean_error(samples, em),
+        "prior_mean_rmse": prior_rmse,
+        "exact_std_ratio": ratio,
+        "sliced_w2": sliced_wasserstein(samples, reference, generator=generator),
+        "mode_weight_error": mixture_weight_error(samples.double(), posterior.weights, posterior.means,
+                                                  posterior.covs),
+        "coverage90": credible_coverage(samples, x_true, 0.9, region=weight),
+        "coverage90_exact": credible_coverage(reference, x_true, 0.9, region=weight),
+    }
