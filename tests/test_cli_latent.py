@@ -64,6 +64,7 @@ def test_experiment_configs_parse(name, capsys):
     assert cfg["model"]["method"] == "vipaint" and cfg["model"]["n_samples"] == 10
 
 
+@pytest.mark.slow
 def test_imagenet_without_weights_fails_fast_with_instructions(tmp_path):
     """`make eval DATASET=imagenet` on a machine without the weights: the prior is built before any data is
     touched and the error says what to download and where to put it."""
