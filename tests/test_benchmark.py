@@ -1,10 +1,12 @@
 """The benchmark runner end to end on a tiny prior: same problems for every method, tables, resume,
-report-only, extra overrides and the settings guard."""
+report-only, extra overrides and the settings guard; the per-observation feature cache."""
 
 import csv
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,16 @@ import yaml
 from torch import nn
 
 import vipaint.metrics
-from vipaint import benchmark, fid_bootstrap
+from vipaint import benchmark, fid_bootstrap  # the old module paths, kept as shims
+from vipaint.bench.__main__ import main as bench_main
+from vipaint.bench.features import (
+    CachedFeatures,
+    feature_path,
+    image_features,
+    load_saved_features,
+    save_observation_features,
+)
+from vipaint.metrics import to_unit_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +87,7 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
                                                            monkeypatch):
     monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (_TinyFeatures(), _TinyFeatures.label))
     spec, out = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)
-    benchmark.main(["--spec", str(spec), "--data.num_images=3"])       # the CLI flag beats the spec's 2
+    benchmark.main(["--spec", str(spec), "--data.num_images=3"])       # the CLI flag beats the spec's 2 (old path)
 
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["method"], r["mask"]) for r in rows] == [
@@ -103,10 +114,10 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
 
     # report-only rebuilds the same table from the files, its FID features from the run's cache (the
     # network is not called again); a rerun resumes (nothing recomputed)
-    assert benchmark.feature_cache_path(out).is_file()
+    assert all(feature_path(out / m, i).is_file() for m in ("vipaint", "dps", "prior") for i in range(6))
     monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (_NoCalls(), _TinyFeatures.label))
     before = (out / "results.csv").read_text()
-    benchmark.main(["--spec", str(spec), "--report-only"])
+    bench_main(["--spec", str(spec), "--report-only"])
     assert (out / "results.csv").read_text() == before
 
     # the paired FID bootstrap reads the same samples and cached features; it stops if its full-set FID
@@ -120,23 +131,23 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
         assert r["fid_results_json"] == table[r["method"], r["mask"]]["fid"]
     assert "p_ref_lower" in (out / "fid_bootstrap.md").read_text()
     mtime = (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns
-    benchmark.main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
+    bench_main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
     assert (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns == mtime
     assert json.loads((out / "dps" / "timing.json").read_text())["images"] == 6
     # `--only` keeps the other methods' rows (the table is not replaced by a subset)
     assert (out / "results.csv").read_text() == before
     with pytest.raises(SystemExit):
-        benchmark.main(["--spec", str(spec), "--only", "dsp"])
+        bench_main(["--spec", str(spec), "--only", "dsp"])
 
     # other settings into the same folder stop instead of mixing results
     with pytest.raises(RuntimeError, match="other settings"):
-        benchmark.main(["--spec", str(spec), "--only", "dps", "--model.sigma_y=0.2"])
+        bench_main(["--spec", str(spec), "--only", "dps", "--model.sigma_y=0.2"])
 
     # passes that vary between images (CoPaint's backtracking varies by batch) are reported as their mean
     f = out / "dps" / "metrics" / "000005.json"
     meta = json.loads(f.read_text())
     f.write_text(json.dumps({**meta, "nfe": 10}))
-    benchmark.main(["--spec", str(spec), "--report-only"])
+    bench_main(["--spec", str(spec), "--report-only"])
     dps = {r["mask"]: r for r in csv.DictReader(open(out / "results.csv")) if r["method"] == "dps"}
     assert float(dps["all"]["nfe"]) == pytest.approx((5 * 4 + 10) / 6)
     assert float(dps[meta["mask"]]["nfe"]) == pytest.approx((2 * 4 + 10) / 3)
@@ -147,7 +158,7 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
     kept = [r for r in csv.DictReader(open(out / "results.csv")) if r["method"] == "vipaint"]
     panels = (out / "panels.png").read_bytes()
     shutil.rmtree(out / "vipaint")
-    benchmark.main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
+    bench_main(["--spec", str(spec), "--only", "dps", "--data.num_images=3"])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["method"] for r in rows] == ["vipaint"] * 3 + ["dps"] * 3 + ["prior"] * 3
     assert rows[:3] == kept
@@ -157,7 +168,50 @@ def test_benchmark_runs_every_method_on_the_same_problems(tmp_path, tiny_pixel_p
 def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagefolder):
     spec, _ = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)
     with pytest.raises(SystemExit):
-        benchmark.main(["--spec", str(spec), "--bogus"])
+        bench_main(["--spec", str(spec), "--bogus"])
+
+
+@pytest.mark.parametrize("module", ["vipaint.bench", "vipaint.benchmark", "vipaint.bench.bootstrap",
+                                    "vipaint.fid_bootstrap"])
+def test_module_entry_points(module):
+    """`python -m` runs the new package and the old module paths the committed docs use."""
+    res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stderr
+    assert ("--spec" in res.stdout) == module.endswith(("bench", "benchmark"))
+    assert ("--reference" in res.stdout) == module.endswith("bootstrap")
+
+
+def test_feature_cache_per_observation(tmp_path):
+    """Features are computed once per distinct image, saved per (method folder, index) with their keys
+    and label, served from the files by a new cache, and not served for an image that changed."""
+    calls = []
+
+    class Counting(_TinyFeatures):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return super().forward(x)
+
+    g = torch.Generator().manual_seed(0)
+    image, composite = torch.rand(1, 8, 8, generator=g) * 2 - 1, torch.rand(3, 1, 8, 8, generator=g) * 2 - 1
+    cached = CachedFeatures(Counting())
+    both = torch.cat([image[None], composite, image[None]])              # the truth twice: computed once
+    feats = image_features(cached, both, chunk=3)
+    assert calls == [3, 1] and torch.equal(feats[0], feats[4])
+    with torch.no_grad():
+        assert torch.allclose(feats, _TinyFeatures()(to_unit_rgb(both)))
+    assert not save_observation_features(cached, tmp_path / "m", 7, image, composite + 1)   # not all cached
+    assert save_observation_features(cached, tmp_path / "m", 7, image, composite)
+    assert feature_path(tmp_path / "m", 7) == tmp_path / "m" / "features" / "000007.pt"
+    assert not save_observation_features(cached, tmp_path / "m", 7, image, composite)      # already on disk
+
+    fresh = CachedFeatures(_NoCalls())
+    load_saved_features(fresh, tmp_path / "m")
+    assert torch.equal(image_features(fresh, torch.cat([image[None], composite])), feats[:4])
+    with pytest.raises(AssertionError, match="cache"):                  # another image is not in the file
+        image_features(fresh, composite.flip(-1))
+    other = CachedFeatures(_NoCalls(), label="another network")
+    load_saved_features(other, tmp_path / "m")
+    assert other.cache == {}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -1,9 +1,10 @@
 """FID from weighted features and the paired bootstrap over observations (vipaint.metrics.bootstrap,
-vipaint.fid_bootstrap)."""
+vipaint.bench.bootstrap)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,12 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import _compute_fid
 
-from vipaint.fid_bootstrap import bootstrap_table
-from vipaint.metrics.bootstrap import frechet_distance, gaussian_factor, paired_fid_bootstrap
+from vipaint.bench.bootstrap import bootstrap_table
+from vipaint.metrics.bootstrap import (
+    frechet_distance,
+    gaussian_factor,
+    paired_fid_bootstrap,
+)
 
 
 def test_frechet_hand_computed():
@@ -112,6 +117,16 @@ def test_bootstrap_table_end_to_end(tmp_path):
     again = bootstrap_table(tmp_path, ["good", "bad"], "good", net, "proj", replicates=5)
     assert [r["fid_results_json"] for r in again] == [r["fid"] for r in rows]
     assert net.calls == calls                                             # features came from the cache
+    assert sorted(p.name for p in (tmp_path / "bad" / "features").iterdir()) == [f"{i:06d}.pt" for i in range(16)]
+    # a folder from before the per-observation files: its single cache file is still read
+    saved = [torch.load(p, weights_only=True) for m in ("good", "bad") for p in (tmp_path / m / "features").iterdir()]
+    (tmp_path / "cache").mkdir()
+    torch.save({"label": "proj", "keys": [k for s in saved for k in s["keys"]],
+                "features": torch.cat([s["features"] for s in saved])}, tmp_path / "cache" / "fid_features.pt")
+    for m in ("good", "bad"):
+        shutil.rmtree(tmp_path / m / "features")
+    legacy = bootstrap_table(tmp_path, ["good", "bad"], "good", net, "proj", replicates=5)
+    assert net.calls == calls and [r["fid"] for r in legacy] == [r["fid"] for r in again]
     (tmp_path / "bad" / "samples" / "000003.npz").unlink()
     (tmp_path / "bad" / "metrics" / "000003.json").unlink()
     with pytest.raises(ValueError, match="same data"):
@@ -122,7 +137,7 @@ def test_bootstrap_table_end_to_end(tmp_path):
 
 def test_cli_name_keeps_two_references(tmp_path, monkeypatch):
     import vipaint.metrics
-    from vipaint.fid_bootstrap import main
+    from vipaint.bench.bootstrap import main
 
     rng = np.random.default_rng(1)
     images = np.clip(rng.standard_normal((8, 1, 8, 8)) * 0.5, -1, 1).astype(np.float32)

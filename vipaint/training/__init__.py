@@ -4,5 +4,5 @@
 - `ddpm`: `DDPMTrainer` (diffusers UNet2DModel + DDPMScheduler, EMA, export to a diffusers-style folder).
 - `autoencoder`: `AutoencoderTrainer` (small AutoencoderKL for latent priors).
 - `cli`: `vipaint fit --config experiments/priors/<name>.yaml` (LightningCLI, resume, export).
-- `fid`, `evaluate`: TF-Inception FID features and `python -m vipaint.training.evaluate`.
+- `evaluate`: `python -m vipaint.training.evaluate` (FID with `vipaint.metrics.TFInceptionFeatures`).
 """

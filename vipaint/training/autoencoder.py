@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import Tensor
 
+from vipaint.metrics import psnr
 from vipaint.training.ddpm import save_grid
 
-__all__ = ["AutoencoderTrainer", "DEFAULT_VAE", "latent_std", "psnr"]
+__all__ = ["AutoencoderTrainer", "DEFAULT_VAE", "latent_std"]
 
 DEFAULT_VAE: dict[str, Any] = {
     "in_channels": 1,
@@ -36,12 +37,6 @@ DEFAULT_VAE: dict[str, Any] = {
     "sample_size": 32,
     "mid_block_add_attention": False,
 }
-
-
-def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (data_range 2), shape [N]."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return 10 * torch.log10(data_range**2 / mse)
 
 
 @torch.no_grad()

@@ -60,8 +60,7 @@ def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50,
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from vipaint.training.autoencoder import psnr
-    from vipaint.training.fid import TFInceptionFeatures
+    from vipaint.metrics import TFInceptionFeatures, psnr
 
     p = load_prior(prior_dir)
     unet, vae = p["unet"], p["vae"]

@@ -1,0 +1,271 @@
+"""The benchmark's tables and plots, built from the per-method folders `<out>/<method>/`.
+
+`report` adds distribution and diversity metrics computed from the written samples to the per-image
+metrics the runs wrote, and writes `<out>/results.{md,csv,json}`, `<out>/summary.md`,
+`<out>/metric_vs_nfe.png` and `<out>/panels.png`. Inception features are cached per observation beside
+the samples (`vipaint.bench.features`), so a rebuilt report or the FID bootstrap does not run the
+Inception again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vipaint.bench.features import (
+    CachedFeatures,
+    load_saved_features,
+    save_observation_features,
+)
+
+__all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "save_item_features"]
+
+METRIC_KEYS = ("psnr", "ssim", "psnr_hole", "exact_mean_rmse", "exact_std_ratio", "sliced_w2",
+               "mode_weight_error", "coverage90", "coverage90_exact")
+SHOWN = ("method", "mask", "images", "nfe", "backprops", "exact_mean_rmse", "exact_std_ratio",
+         "sliced_w2", "mode_weight_error", "coverage90", "fid", "kid", "psnr", "psnr_hole",
+         "ssim", "psnr_best", "diversity_l2", "hole_std", "diversity_perceptual", "s_per_image")
+
+
+def load_items(method_dir: Path) -> list[dict]:
+    """The observations of a method folder: index, mask name, per-image metrics (`meta`) and the
+    `composite`, `samples`, `image` and `mask` arrays of `samples/<index>.npz`, by index."""
+    items = []
+    for p in sorted((method_dir / "samples").glob("*.npz")):
+        with np.load(p) as z:
+            meta = json.loads((method_dir / "metrics" / f"{p.stem}.json").read_text())
+            items.append({"index": int(p.stem), "mask_name": meta["mask"], "meta": meta,
+                          **{k: torch.from_numpy(z[k]) for k in ("composite", "samples", "image", "mask")}})
+    return items
+
+
+def legacy_feature_cache(out: Path) -> Path:
+    """The single feature cache file earlier versions kept in a benchmark folder (read, no longer written)."""
+    return out / "cache" / "fid_features.pt"
+
+
+def save_item_features(cached: CachedFeatures, method_dir: Path, items: list[dict]) -> None:
+    """Save the features of each observation of `items` (from `load_items`) beside its samples."""
+    for it in items:
+        save_observation_features(cached, method_dir, it["index"], it["image"], it["composite"])
+
+
+def _distribution_metrics(items: list[dict], features: nn.Module | None, chunk: int = 64) -> dict:
+    from vipaint.metrics import make_fid, make_kid
+
+    if features is None or not items:
+        return {}
+    fake = torch.cat([it["composite"] for it in items])
+    real = torch.stack([it["image"] for it in items])
+    if len(real) < 2:          # a covariance needs two images: FID/KID are left out, not faked
+        return {"n_fake": len(fake), "n_real": len(real)}
+    fid, kid = make_fid(features), make_kid(features, subset_size=1000)
+    for metric in (fid, kid):
+        for i in range(0, len(real), chunk):
+            metric.update(real[i:i + chunk], real=True)
+        for i in range(0, len(fake), chunk):
+            metric.update(fake[i:i + chunk], real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
+            "kid_subset": kid.subset_size_used, "n_fake": len(fake), "n_real": len(real)}
+
+
+def _per_item_metrics(items: list[dict], perceptual) -> dict:  # noqa: ANN001
+    from vipaint.metrics import hole_std, pairwise_diversity, per_sample, psnr
+
+    out: dict[str, list[float]] = {"diversity_l2": [], "hole_std": [], "psnr_best": [], "psnr_mean": []}
+    if perceptual is not None:
+        out["diversity_perceptual"] = []
+    for it in items:
+        s, x, m = it["composite"][:, None], it["image"][None], it["mask"][None]
+        p = per_sample(psnr, s, x)[:, 0]
+        out["psnr_best"].append(float(p.max()))
+        out["psnr_mean"].append(float(p.mean()))
+        if s.shape[0] >= 2:
+            out["diversity_l2"].append(float(pairwise_diversity(s)[0]))
+            out["hole_std"].append(float(hole_std(s, m)[0]))
+            if perceptual is not None:
+                out["diversity_perceptual"].append(float(pairwise_diversity(s, perceptual)[0]))
+    return {k: float(np.nanmean(v)) if v else float("nan") for k, v in out.items()}
+
+
+def _mean_count(metas: list[dict], key: str) -> int | float | None:
+    """Network passes over the selected images: the count when all agree, else their mean (CoPaint's
+    backtracking makes a number of passes that varies by batch)."""
+    vals = [m[key] for m in metas if m.get(key) is not None]
+    if not vals:
+        return None
+    return vals[0] if all(v == vals[0] for v in vals) else float(np.mean(vals))
+
+
+def previous_rows(out: Path) -> tuple[dict[str, list[dict]], str | None]:
+    """Rows of `<out>/results.json` by method, and the feature network they were computed with."""
+    f = out / "results.json"
+    if not f.is_file():
+        return {}, None
+    saved = json.loads(f.read_text())
+    rows: dict[str, list[dict]] = {}
+    for r in saved.get("rows", []):
+        rows.setdefault(r["method"], []).append(r)
+    return rows, saved.get("features")
+
+
+def _feature_network(out: Path, fid: bool) -> tuple[CachedFeatures | None, str]:
+    """The cached FID feature network (None when FID/KID are skipped) and its label."""
+    from vipaint.metrics import default_inception
+
+    if not fid:
+        return None, "FID/KID skipped"
+    try:
+        net, label = default_inception()
+    except FileNotFoundError as err:
+        return None, f"FID/KID skipped: {err}"
+    features = CachedFeatures(net) if isinstance(net, nn.Module) else None
+    if features is not None:
+        features.load(legacy_feature_cache(out))
+    return features, label
+
+
+def _method_rows(name: str, items: list[dict], features: CachedFeatures | None, perceptual,  # noqa: ANN001
+                 timing: dict) -> list[dict]:
+    """Rows of one method: one per mask type, then "all"."""
+    rows = []
+    for mask in sorted({it["mask_name"] for it in items}) + ["all"]:
+        sel = [it for it in items if mask in ("all", it["mask_name"])]
+        if not sel:
+            continue
+        metas = [it["meta"] for it in sel]
+        row = {"method": name, "mask": mask, "images": len(sel),
+               "nfe": _mean_count(metas, "nfe"), "backprops": _mean_count(metas, "n_backprop")}
+        for key in METRIC_KEYS:
+            vals = [m[key] for m in metas if key in m]
+            if vals:
+                row[key] = float(np.mean(vals))
+        row.update(_per_item_metrics(sel, perceptual))
+        row.update(_distribution_metrics(sel, features))
+        row["s_per_image"] = timing.get("seconds_per_image", float("nan"))
+        rows.append(row)
+    return rows
+
+
+def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool = True,
+           perceptual_kind: str = "auto") -> list[dict]:
+    """Build the comparison table from `<out>/<method>/`.
+
+    A method whose samples are not in `out` (they are not committed, so a fresh clone has none) keeps its
+    rows from the previous `results.json`, provided they were computed with the same FID features; adding
+    a method with `--only` then never drops the others' rows.
+    """
+    from vipaint.metrics import perceptual_metric
+
+    features, feat_label = _feature_network(out, fid)
+    perceptual, perc_label = perceptual_metric(perceptual_kind)
+    previous, previous_label = previous_rows(out)
+    if features is not None:        # every saved feature first: a ground truth is shared by all methods
+        for name in methods:
+            load_saved_features(features, out / name)
+    rows = []
+    for name in methods:
+        items = load_items(out / name)
+        if not items:
+            if name in previous and previous_label == feat_label:
+                print(f"{name}: no samples in {out / name}; keeping its rows from {out / 'results.json'}")
+                rows.extend(previous[name])
+            elif name in previous:
+                print(f"{name}: no samples in {out / name}, and its rows in {out / 'results.json'} used other "
+                      f"features ({previous_label!r}, now {feat_label!r}); dropped, rerun it")
+            continue
+        rows.extend(_method_rows(name, items, features, perceptual, timings.get(name, {})))
+        if features is not None:
+            save_item_features(features, out / name, items)
+    _write(out, rows, feat_label, perc_label)
+    _plots(out, rows, methods)
+    return rows
+
+
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def md_table(rows: list[dict], cols: list[str]) -> list[str]:
+    """Markdown lines: header, separator, one line per row (missing / NaN cells as –)."""
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
+
+def _write(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "features": feat_label,
+                                                  "perceptual": perc_label}, indent=2))
+    shown = [c for c in SHOWN if c in cols]
+    lines = md_table(rows, shown) + ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    overall = [r for r in rows if r.get("mask") == "all"]        # one row per method: summary.md
+    summary = md_table(overall, [c for c in shown if c not in ("mask", "backprops")])
+    (out / "summary.md").write_text("\n".join(summary) + "\n")
+
+
+def _plots(out: Path, rows: list[dict], methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    allrows = [r for r in rows if r["mask"] == "all"]
+    keys = [k for k in ("sliced_w2", "kid", "psnr", "diversity_l2") if any(k in r for r in allrows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+    for ax, key in zip(np.atleast_1d(axes), keys):
+        for r in allrows:
+            ax.scatter(r["nfe"], r.get(key, float("nan")), s=30)
+            ax.annotate(r["method"], (r["nfe"], r.get(key, float("nan"))), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("network passes per sample (NFE)")
+        ax.set_ylabel(key)
+    fig.tight_layout()
+    fig.savefig(out / "metric_vs_nfe.png", dpi=100)
+    plt.close(fig)
+    _panel_grid(out, methods)
+
+
+def _panel_grid(out: Path, methods: list[str]) -> None:
+    """`<out>/panels.png`: the first three panels of every method, one row per method."""
+    from PIL import Image, ImageDraw
+
+    with_panels = [m for m in methods if any((out / m / "panels").glob("*.png"))]
+    missing = [m for m in methods if m not in with_panels]
+    if not with_panels or (missing and (out / "panels.png").is_file()):
+        if missing:      # a partial grid would replace one that shows every method
+            print(f"panels.png not rebuilt: no panels of {', '.join(missing)} in {out}")
+        return
+    methods = with_panels
+    first = sorted((out / methods[0] / "panels").glob("*.png"))[:3]
+    tiles = [[Image.open(out / m / "panels" / p.name) for p in first if (out / m / "panels" / p.name).exists()]
+             for m in methods]
+    tiles = [t for t in tiles if t]
+    if tiles:
+        w = max(sum(im.width for im in row) + 8 * len(row) for row in tiles)
+        h = sum(row[0].height + 6 for row in tiles)
+        label_w = max(90, 12 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(m)) for m in methods))
+        canvas = Image.new("RGB", (w + label_w, h), "white")
+        draw, y = ImageDraw.Draw(canvas), 0
+        for m, row in zip(methods, tiles):
+            draw.text((4, y + row[0].height // 2 - 6), m, fill="black")
+            x = label_w
+            for im in row:
+                canvas.paste(im, (x, y))
+                x += im.width + 8
+            y += row[0].height + 6
+        canvas.save(out / "panels.png")
