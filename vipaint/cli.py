@@ -8,7 +8,6 @@ import os
 import sys
 
 from vipaint.lightning_cli import build_cli
-from vipaint.lightning_cli import ExplicitArgsMixin  # noqa: F401  (vipaint/benchmark.py's import, until it uses build_cli)
 
 __all__ = ["main"]
 

@@ -18,18 +18,10 @@ __all__ = ["build_cli", "read_timing", "run_methods"]
 def build_cli(config: str, overrides: list[str]):  # noqa: ANN201
     """The LightningCLI of `vipaint predict` for the experiment YAML `config` plus `overrides`, built
     without running (`run=False`), without a logger and with gradients enabled in predict."""
-    from lightning.pytorch.cli import LightningCLI
+    from vipaint.lightning_cli import build_cli as build_lightning_cli
 
-    from vipaint.cli import ExplicitArgsMixin
-    from vipaint.data import InverseProblemDataModule
-    from vipaint.module import VIPaintModule
-
-    class _CLI(ExplicitArgsMixin, LightningCLI):
-        pass
-
-    return _CLI(VIPaintModule, InverseProblemDataModule, run=False,
-                args=["--config", config, *overrides, "--trainer.logger=false"],
-                trainer_defaults={"inference_mode": False}, save_config_callback=None)
+    return build_lightning_cli(["--config", config, *overrides, "--trainer.logger=false"], run=False,
+                               trainer_defaults={"inference_mode": False}, save_config_callback=None)
 
 
 def run_methods(spec: dict, out: Path) -> dict[str, dict]:
