@@ -1,8 +1,9 @@
 """Every method against the exact posterior of an analytic Gaussian-mixture prior (ALGORITHM.md §8).
 
 SyntheticMixturePrior 1×8×8 (2 components), 8 observations × 32 samples, σ_y = 0.05, for inpainting
-(50 % random pixels), SR ×2 (area) and Gaussian blur (3×3, σ = 1). Each method runs with its official
-defaults (DPS ζ = 0.5 inpainting / 0.3 SR and blur); VIPaint with exact-posterior-friendly options.
+(50 % random pixels), SR ×2 (area) and Gaussian blur (3×3, σ = 1). Each method runs with its defaults as
+they were when the committed table was made (DPS ζ = 0.5 inpainting / 0.3 SR and blur; `COMMITTED` restores
+the peers' settings from before their official defaults); VIPaint with exact-posterior-friendly options.
 
 Columns: RMS error over pixels of the sample mean against the exact posterior mean (mean over images);
 the same for the prior mean; std ratio = RMS per-pixel sample std / RMS exact posterior std (1 = right
