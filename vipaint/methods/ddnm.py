@@ -23,7 +23,8 @@ inpainting and denoising, one scalar λ_s for SR and blur (as InverseBench's `al
 
 Note η is DDNM's (the share of fresh noise in the √(1−ᾱ_s) budget, official `--eta 0.85`), not DDIM's
 η of `vipaint.diffusion.ddim_sigma`. Optional time travel (`travel_length` / `travel_repeat`, RePaint's
-schedule) re-noises from the latest x̂0|y: x_j = √ᾱ_j x̂0|y + √(1−ᾱ_j) ξ. Defaults [repo]: 100 steps,
+schedule) re-noises from the latest Tweedie estimate, x_j = √ᾱ_j x̂0 + √(1−ᾱ_j) ξ — the uncorrected x̂0, as
+both official samplers do (`x0_preds`). Defaults [repo]: 100 steps,
 η = 0.85, no travel → NFE 100, no backprop. A⁺ is the operator's `pinv` (closed form for inpainting and
 area SR, conjugate gradients otherwise).
 
@@ -77,7 +78,7 @@ def ddnm(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, r
     Args:
         n_steps: respaced levels (official `T_sampling` 100).
         eta: DDNM's η ∈ [0, 1], the fresh-noise share of each step (official 0.85).
-        travel_length, travel_repeat: DDNM+ time travel (1, 1 = none).
+        travel_length, travel_repeat: DDNM+ time travel (1, 1 = none), re-noising the last x̂0 (official).
         mode: "auto" (DDNM+ if operator.sigma_y > 0, else DDNM), "ddnm+" (the same) or "ddnm" (noise-free
             projection whatever σ_y: the noisy y is copied into the range space — the setting of the
             studies committed before the fix).
@@ -96,27 +97,28 @@ def ddnm(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, r
     n_rev = sum(1 for a, b in zip(levels[:-1], levels[1:]) if b < a)
     bar = Progress("DDNM+" if plus else "DDNM", progress)
     z = rng.randn(s, *shape, batch_dim=1).to(y)
-    x0y = None
+    x0_last = None
     done = 0
     with torch.no_grad():
         for cur, nxt in zip(levels[:-1], levels[1:]):
             ab_nxt = abar(prior, times[nxt] if nxt >= 0 else CLEAN, z)
-            if nxt > cur:                                            # time travel back from the last x̂0|y
-                z = ab_nxt.sqrt() * x0y + (1 - ab_nxt).sqrt() * rng.randn(s, *shape, batch_dim=1).to(z)
+            if nxt > cur:                                            # time travel back from the last x̂0
+                z = ab_nxt.sqrt() * x0_last + (1 - ab_nxt).sqrt() * rng.randn(s, *shape, batch_dim=1).to(z)
                 continue
             ab_cur = abar(prior, times[cur], z)
             e = prior.eps(z, times[cur], cond, guidance_scale)
             z0 = tweedie_x0(z, e, ab_cur)
+            z0 = z0.clamp(-1, 1) if clip_x0 and not prior.is_latent else z0
+            x0_last = z0
             if plus:
                 xi = rng.randn(s, *shape, batch_dim=1).to(z) if nxt >= 0 else None
-                z, x0y = _plus_step(prior, operator, y, z0, e, ab_nxt, eta, sigma_y, clip_x0, xi)
+                z = _plus_step(prior, operator, y, z0, e, ab_nxt, eta, sigma_y, xi)
                 done += 1
                 bar(done, n_rev)
                 continue
             if prior.is_latent:
                 x0y = prior.encode(null_space_projection(operator, prior.decode(z0), y, image))
             else:
-                z0 = z0.clamp(-1, 1) if clip_x0 else z0
                 x0y = null_space_projection(operator, z0, y, image)
             if nxt >= 0:
                 c = (1 - ab_nxt).sqrt()
@@ -131,22 +133,21 @@ def ddnm(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, r
 
 
 def _plus_step(prior: Prior, operator: LinearOperator, y: Tensor, z0: Tensor, e: Tensor, ab_nxt: Tensor,
-               eta: float, sigma_y: float, clip_x0: bool, xi: Tensor | None) -> tuple[Tensor, Tensor]:
-    """One DDNM+ step (docs/algorithm.md §10.5, eq. 10.5b): (z_s, x̂0|y); `xi` None for the step into
-    `CLEAN` (z_s = x̂0|y)."""
+               eta: float, sigma_y: float, xi: Tensor | None) -> Tensor:
+    """One DDNM+ step from the Tweedie estimate z0 (docs/algorithm.md §10.5, eq. 10.5b) to z_s; `xi` None for
+    the step into `CLEAN` (z_s = x̂0|y)."""
     image = tuple(prior.image_shape)
     lam, d = ddnm_plus_scales(ab_nxt, eta, sigma_y)
     if prior.is_latent:
         x = prior.decode(z0)
         x0y = prior.encode(x - lam * operator.pinv(operator(x) - y, image))
     else:
-        z0 = z0.clamp(-1, 1) if clip_x0 else z0
         x0y = z0 - lam * operator.pinv(operator(z0) - y, image)
     if xi is None:
-        return x0y, x0y
+        return x0y
     c = (1 - ab_nxt).sqrt()
     null_noise = c * eta * xi + c * (1 - eta ** 2) ** 0.5 * e
     if prior.is_latent:
-        return ab_nxt.sqrt() * x0y + null_noise, x0y
+        return ab_nxt.sqrt() * x0y + null_noise
     noise = null_noise + operator.pinv(operator(d * xi - null_noise), image)    # A⁺A on the range part
-    return ab_nxt.sqrt() * x0y + noise, x0y
+    return ab_nxt.sqrt() * x0y + noise
