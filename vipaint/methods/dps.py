@@ -41,7 +41,7 @@ def dps(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rn
     Args:
         n_steps: reverse steps on a near-uniform sub-grid of the prior's T times (None / ≥ T: all).
         zeta: step size ζ on ∇‖y − A D(x̂0)‖₂ (0.5 inpainting, 0.3 SR / deblur in the official code;
-            re-tune when n_steps ≠ 1000, PEERS.md §2).
+            re-tune when n_steps ≠ 1000, docs/algorithm.md §10.0).
         eta: DDIM η of the prior step (1 = DDPM ancestral, as in DPS).
         clip_x0: clamp x̂0 to [−1, 1] in the data term and the update, as the official code (pixel priors
             only; None: on for pixel priors, off for latent ones; False: off).

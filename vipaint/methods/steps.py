@@ -68,7 +68,7 @@ def forward_jump(z: Tensor, ab_from: Tensor, ab_to: Tensor, noise: Tensor) -> Te
 
 def residual_norm(r: Tensor) -> Tensor:
     """Unsquared ℓ2 norm per sample and image of a residual [S, B, ...] → [S, B] (never over the batch:
-    PEERS.md §2 DPS pitfall), with a safe gradient at 0."""
+    docs/algorithm.md §10.0, the DPS pitfall), with a safe gradient at 0."""
     return r.flatten(2).square().sum(-1).clamp_min(1e-20).sqrt()
 
 
