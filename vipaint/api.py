@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from vipaint.methods import METHODS, MethodResult
+from vipaint.methods.steps import count_codec
 from vipaint.operators import LinearOperator
 from vipaint.priors.base import Prior
 from vipaint.seeding import ImageRNG
@@ -18,7 +19,8 @@ __all__ = ["solve", "solve_full"]
 def solve_full(method: str, prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int = 4,
                seed: int = 0, indices: Sequence[int] | Tensor | None = None, cond: Tensor | None = None,
                progress: bool = False, **options: object) -> MethodResult:
-    """Like `solve`, returning the full `MethodResult` (samples, network passes, failures, traces)."""
+    """Like `solve`, returning the full `MethodResult` (samples, network passes, decoder / encoder calls,
+    failures, traces)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {sorted(METHODS)}")
     if y.dim() < 2:
@@ -33,8 +35,11 @@ def solve_full(method: str, prior: Prior, operator: LinearOperator, y: Tensor, *
     if operator.batch_size not in (None, b):
         raise ValueError(f"operator describes {operator.batch_size} images but y holds {b}")
     rng = ImageRNG(seed, indices, stream=f"method:{method}", device=y.device)
-    return METHODS[method](prior, operator, y, n_samples=n_samples, rng=rng, cond=cond, progress=progress,
-                           **options)
+    with count_codec(prior) as codec:                                   # decoder / encoder calls, all methods
+        res = METHODS[method](prior, operator, y, n_samples=n_samples, rng=rng, cond=cond, progress=progress,
+                              **options)
+    res.n_decode, res.n_encode = codec.decode, codec.encode
+    return res
 
 
 def solve(method: str, prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int = 4,

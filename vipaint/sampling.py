@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import bcast, ddim_step, tweedie_x0
+from vipaint.diffusion import bcast, ddim_step, eps_from_x0, tweedie_x0
 from vipaint.priors.base import Prior
 from vipaint.seeding import ImageRNG
 
@@ -62,20 +62,23 @@ class GuidedStep:
     zeta: step size ζ on ∇_{z_t} energy (0: the plain DDIM(η) step, no backprop).
     eta: DDIM η (1 = DDPM ancestral variance).
     stochastic: add ŝ ξ with ξ from the per-image rng (never into `CLEAN`).
-    clip: clamp x̂0 to [−1, 1] (pixel priors only): "off"; "energy" — only for the energy (DPS);
-        "both" — also in the DDIM update (VIPaint's `clip_x0`).
+    clip: clamp x̂0 to [−1, 1] (pixel priors only): "off"; "energy" — only for the energy;
+        "both" — also in the DDIM update (VIPaint's `clip_x0`); "full" — as guided-diffusion's
+        `clip_denoised` (official DPS): the clamped x̂0 in the energy and the update, with ε̂ of the update
+        re-derived from it, ε̂ = (z_t − α_t x̂0)/σ_t, so that η = 1 is the DDPM posterior mean
+        q(z_s | z_t, x̂0) of the clamped x̂0 (docs/algorithm.md §10.1).
     guidance_scale: classifier-free guidance g of ε_θ.
     """
 
     zeta: float = 0.0
     eta: float = 1.0
     stochastic: bool = False
-    clip: Literal["off", "energy", "both"] = "off"
+    clip: Literal["off", "energy", "both", "full"] = "off"
     guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.clip not in ("off", "energy", "both"):
-            raise ValueError(f"clip must be 'off', 'energy' or 'both', got {self.clip!r}")
+        if self.clip not in ("off", "energy", "both", "full"):
+            raise ValueError(f"clip must be 'off', 'energy', 'both' or 'full', got {self.clip!r}")
 
 
 class GuidedStepOut(NamedTuple):
@@ -112,6 +115,9 @@ def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, 
         x0 = tweedie_x0(z, e, ab_t)
         x0_data = x0.clamp(-1, 1) if opts.clip != "off" and not prior.is_latent else x0
         x0 = x0_data if opts.clip == "both" else x0
+        if opts.clip == "full" and not prior.is_latent:
+            x0 = x0_data
+            e = eps_from_x0(z, x0_data, ab_t)
         grad = torch.zeros_like(z)
         if guided or need_image:
             image = prior.decode(x0_data)

@@ -23,7 +23,9 @@ __all__ = ["MethodResult", "Progress", "initial_image"]
 class MethodResult:
     """Samples [S, B, C, H, W]; network passes (forward) and backpropagations through the network,
     both counted per batch of S·B (one pass = one ε_θ evaluation per sample); per-image `failed` flags
-    with a reason; and method-specific traces (e.g. the ELBO curve, [iterations, B])."""
+    with a reason; method-specific traces (e.g. the ELBO curve, [iterations, B]); and the calls of the
+    prior's decoder and encoder (`n_decode`, `n_encode`; each call on one batch, of S·B or B images, and
+    0 for pixel priors), counted by `vipaint.solve_full` (None when a method is called directly)."""
 
     samples: Tensor
     nfe: int
@@ -31,6 +33,8 @@ class MethodResult:
     failed: Tensor | None = None
     reasons: list[str] = field(default_factory=list)
     traces: dict[str, Tensor] = field(default_factory=dict)
+    n_decode: int | None = None
+    n_encode: int | None = None
 
     def __post_init__(self) -> None:
         if self.failed is None:

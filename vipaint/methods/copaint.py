@@ -1,5 +1,5 @@
 """CoPaint / CoPaint-TT — coherent inpainting by optimising x_t (Zhang et al., "Towards Coherent Image
-Inpainting Using Denoising Diffusion Implicit Models", ICML 2023; PEERS.md §2 "CoPaint").
+Inpainting Using Denoising Diffusion Implicit Models", ICML 2023; docs/algorithm.md §10.6).
 
 Deterministic DDIM (σ = 0). Before each step, `n_opt` gradient steps on x_t of
 
@@ -17,8 +17,14 @@ is capped at `max_backtracks` (official: unbounded); a sample still failing then
 
 CoPaint-TT (`time_travel=True`) adds RePaint-style time travel with one-level forward re-noising and
 (official `optimize_before_time_travel`) one more optimisation of x_t before going back.
-Defaults [repo `configs/imagenet.yaml`]: 250 steps, n_opt = 2, lr_xt = 0.02, lr_decay = 1.012,
-coef_reg = 0.01, coef_reg_decay = 1.01; TT: jump_length = 10, jump_n_sample = 2.
+Defaults [repo `configs/imagenet.yaml`, `config="imagenet"`]: 250 steps, n_opt = 2, lr_xt = 0.02,
+lr_decay = 1.012, coef_reg = 0.01, coef_reg_decay = 1.0; `config="celebahq"` [repo `configs/celebahq.yaml`]
+has coef_reg = 1e-4, coef_reg_decay = 1.01 (same step sizes); TT [repo `scripts/copaint-tt.sh`]:
+jump_length = 10, jump_n_sample = 2. (The studies committed before the fix ran coef_reg 0.01 with decay
+1.01, a mix of the two configs, and no clamping: pass both constants and `clip_x0=False` to reproduce them.)
+
+Clamping (default on, as the official `clip_denoised: true`): x̂0 is clamped to [−1, 1] in the loss and in
+the DDIM update, and x_t is clamped at the end.
 
 NFE counts every network call (≥ 1 + n_opt per step: the accepted check's pass is reused as the next
 iteration's graph, where the official code recomputes it); n_backprop = n_opt per optimisation.
@@ -38,7 +44,12 @@ from vipaint.priors.base import Prior
 from vipaint.sampling import CLEAN, abar
 from vipaint.seeding import ImageRNG
 
-__all__ = ["copaint", "copaint_tt", "optimize_xt"]
+__all__ = ["copaint", "copaint_tt", "optimize_xt", "COPAINT_CONFIGS"]
+
+COPAINT_CONFIGS: dict[str, tuple[float, float]] = {
+    "imagenet": (0.01, 1.0),      # coef_xt_reg, coef_xt_reg_decay of the repo's configs/imagenet.yaml
+    "celebahq": (1e-4, 1.01),     # configs/celebahq.yaml
+}
 
 
 def _loss(x: Tensor, x0: Tensor, origin: Tensor, y: Tensor, m: Tensor, coef: float) -> Tensor:
@@ -86,9 +97,10 @@ def optimize_xt(prior: Prior, z: Tensor, t: int, y: Tensor, m: Tensor, *, lr: fl
 def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rng: ImageRNG,
             cond: Tensor | None = None, progress: bool = False, n_steps: int = 250, n_opt: int = 2,
             lr_xt: float = 0.02, lr_decay: float = 1.012, smart_lr: bool = True, adaptive_lr: bool = True,
-            coef_reg: float = 0.01, coef_reg_decay: float = 1.01, max_backtracks: int = 30,
+            config: str = "imagenet", coef_reg: float | None = None, coef_reg_decay: float | None = None,
+            max_backtracks: int = 30,
             time_travel: bool = False, jump_length: int = 10, jump_n_sample: int = 2,
-            optimize_before_travel: bool = True, clip_x0: bool = False,
+            optimize_before_travel: bool = True, clip_x0: bool = True,
             guidance_scale: float = 1.0) -> MethodResult:
     """CoPaint (or CoPaint-TT with `time_travel=True`) samples [S, B, C, H, W] for masked y [B, C, H, W].
 
@@ -97,15 +109,23 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         n_opt: gradient steps on x_t per level (official 2).
         lr_xt, lr_decay, smart_lr: step-size schedule lr_xt · lr_decay^k (· √(ᾱ_t/ᾱ_{τ_0}) if smart_lr).
         adaptive_lr: per-sample backtracking (×0.8 until the loss does not increase).
-        coef_reg, coef_reg_decay: weight of ‖x_t − x_t^orig‖² and its per-step growth factor.
+        config: which official config's regularisation constants to use: "imagenet" (0.01, 1.0) or
+            "celebahq" (1e-4, 1.01), see `COPAINT_CONFIGS`.
+        coef_reg, coef_reg_decay: weight of ‖x_t − x_t^orig‖² and its per-step growth factor (None: the
+            config's).
         max_backtracks: cap on the retries of one gradient step.
         time_travel, jump_length, jump_n_sample, optimize_before_travel: CoPaint-TT settings.
-        clip_x0: clamp x̂0 to [−1, 1] (the official code does; it zeroes the gradient of clipped pixels).
+        clip_x0: clamp x̂0 to [−1, 1] in the loss and update and x_t at the end (official on; it zeroes
+            the gradient of clipped pixels).
         guidance_scale: classifier-free guidance for class-conditional priors.
 
     Raises:
-        ValueError: for a non-inpainting operator or a latent prior.
+        ValueError: for a non-inpainting operator, a latent prior or an unknown config.
     """
+    if config not in COPAINT_CONFIGS:
+        raise ValueError(f"unknown CoPaint config {config!r}; use one of {sorted(COPAINT_CONFIGS)}")
+    coef_reg = COPAINT_CONFIGS[config][0] if coef_reg is None else coef_reg
+    coef_reg_decay = COPAINT_CONFIGS[config][1] if coef_reg_decay is None else coef_reg_decay
     if not isinstance(operator, Inpainting):
         raise ValueError(f"copaint only solves inpainting (an Inpainting operator); got {type(operator).__name__}")
     if prior.is_latent:
@@ -140,6 +160,7 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         lr, coef, reverse = lr * lr_decay, coef * coef_reg_decay, True
         done += 1
         bar(done, n_rev)
+    z = z.clamp(-1.0, 1.0) if clip_x0 else z                              # official: x_t clamped at the end
     return finish(z, nfe=nfe, n_backprop=nbp)
 
 

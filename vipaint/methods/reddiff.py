@@ -1,5 +1,5 @@
 """RED-diff — variational regularisation by denoising (Mardani et al., "A Variational Perspective on
-Solving Inverse Problems with Diffusion Models", ICLR 2024; PEERS.md §2 "RED-diff").
+Solving Inverse Problems with Diffusion Models", ICLR 2024; docs/algorithm.md §10.4).
 
 A point estimate μ (an image; a latent for latent priors) is optimised by Adam, initialised at A⁺y
 (E(A⁺y) for latent priors). For t running down the schedule, with fresh ε ~ N(0, I):

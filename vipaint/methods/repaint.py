@@ -1,5 +1,5 @@
 """RePaint — inpainting by resampled replacement (Lugmayr et al., "RePaint: Inpainting using Denoising
-Diffusion Probabilistic Models", CVPR 2022; PEERS.md §2 "RePaint").
+Diffusion Probabilistic Models", CVPR 2022; docs/algorithm.md §10.3).
 
 On t_T respaced levels (level −1 = the clean image), each reverse step from level i to i−1 is
 
@@ -10,7 +10,14 @@ On t_T respaced levels (level −1 = the clean image), each reverse step from le
 and "time travel" re-noises with the one-level forward kernel
 x_{i+1} = √(ᾱ_{i+1}/ᾱ_i) x_i + √(1 − ᾱ_{i+1}/ᾱ_i) ξ: after every `jump_length` levels the chain goes
 back `jump_length` levels and redoes them, `jump_n_sample` times in all (official `get_schedule_jump`).
-Defaults [repo]: t_T = 250, jump_length = 10, jump_n_sample = 10 → 2,410 reverse steps = NFE.
+Schedules (`schedule=`, `REPAINT_SCHEDULES`): "official" [repo `confs/*.yml`, the default] t_T = 250,
+jump_length = 10, jump_n_sample = 10 → 2,410 reverse steps = NFE; "cheap" t_T = 100, jump_length = 10,
+jump_n_sample = 2 → 190 steps, the setting of the studies committed before the fix — a different, WEAKER
+setting, to be labelled as such. Explicit `t_T` / `jump_length` / `jump_n_sample` override the preset.
+
+Clamping (default on, as the official `clip_denoised: true`): x̂0 is clamped to [−1, 1] and the unknown
+part's DDPM step is the posterior mean q(x_{i−1} | x_i, x̂0) of the clamped x̂0 (ε̂ re-derived from it).
+`clip_x0=False` is the unclamped chain of the studies committed before the fix.
 
 Noise-free by design: σ_y is ignored (y is pasted as if exact). Inpainting operators and pixel
 priors only. No gradients, so no backprop.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import ddim_step, tweedie_x0
+from vipaint.diffusion import ddim_step, eps_from_x0, tweedie_x0
 from vipaint.methods.base import MethodResult, Progress
 from vipaint.methods.steps import finish, forward_jump, jump_schedule, level_times
 from vipaint.operators import Inpainting, LinearOperator
@@ -29,24 +36,37 @@ from vipaint.priors.base import Prior
 from vipaint.sampling import CLEAN, abar
 from vipaint.seeding import ImageRNG
 
-__all__ = ["repaint"]
+__all__ = ["repaint", "REPAINT_SCHEDULES"]
+
+REPAINT_SCHEDULES: dict[str, tuple[int, int, int]] = {
+    "official": (250, 10, 10),   # t_T, jump_length, jump_n_sample of the paper and repo: 2,410 passes
+    "cheap": (100, 10, 2),       # 190 passes; weaker, the setting of the studies committed before the fix
+}
 
 
 def repaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rng: ImageRNG,
-            cond: Tensor | None = None, progress: bool = False, t_T: int = 250, jump_length: int = 10,
-            jump_n_sample: int = 10, clip_x0: bool = False, guidance_scale: float = 1.0) -> MethodResult:
+            cond: Tensor | None = None, progress: bool = False, schedule: str = "official", t_T: int | None = None,
+            jump_length: int | None = None, jump_n_sample: int | None = None, clip_x0: bool = True,
+            guidance_scale: float = 1.0) -> MethodResult:
     """RePaint samples [S, B, C, H, W] for masked observations y [B, C, H, W].
 
     Args:
-        t_T: number of respaced diffusion levels (official 250).
-        jump_length: levels per time-travel jump (official 10).
-        jump_n_sample: passes over each jump segment (official 10; 1 = no time travel).
-        clip_x0: clamp x̂0 to [−1, 1] (guided-diffusion's default `clip_denoised`).
+        schedule: "official" (250, 10, 10) or "cheap" (100, 10, 2; weaker), see `REPAINT_SCHEDULES`.
+        t_T: number of respaced diffusion levels (None: the schedule's).
+        jump_length: levels per time-travel jump (None: the schedule's).
+        jump_n_sample: passes over each jump segment (None: the schedule's; 1 = no time travel).
+        clip_x0: clamp x̂0 to [−1, 1] in the update (guided-diffusion's `clip_denoised`, official on).
         guidance_scale: classifier-free guidance for class-conditional priors.
 
     Raises:
-        ValueError: for a non-inpainting operator or a latent prior.
+        ValueError: for a non-inpainting operator, a latent prior or an unknown schedule.
     """
+    if schedule not in REPAINT_SCHEDULES:
+        raise ValueError(f"unknown RePaint schedule {schedule!r}; use one of {sorted(REPAINT_SCHEDULES)}")
+    preset = REPAINT_SCHEDULES[schedule]
+    t_T = preset[0] if t_T is None else t_T
+    jump_length = preset[1] if jump_length is None else jump_length
+    jump_n_sample = preset[2] if jump_n_sample is None else jump_n_sample
     if not isinstance(operator, Inpainting):
         raise ValueError(f"repaint only solves inpainting (an Inpainting operator); got {type(operator).__name__}")
     if prior.is_latent:
@@ -68,7 +88,9 @@ def repaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
                 continue
             e = prior.eps(z, times[cur], cond, guidance_scale)
             x0 = tweedie_x0(z, e, ab_cur)
-            x0 = x0.clamp(-1, 1) if clip_x0 else x0
+            if clip_x0:                                     # official: the DDPM step of the clamped x̂0
+                x0 = x0.clamp(-1, 1)
+                e = eps_from_x0(z, x0, ab_cur)
             if nxt >= 0:
                 unknown = ddim_step(x0, e, ab_cur, ab_nxt, 1.0, rng.randn(s, *shape, batch_dim=1).to(z))
                 known = ab_nxt.sqrt() * y + (1 - ab_nxt).sqrt() * rng.randn(s, *shape, batch_dim=1).to(z)

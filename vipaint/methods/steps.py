@@ -1,5 +1,5 @@
 """Helpers the peer methods share: their time grids, RePaint-style time travel, the per-sample residual
-norm, and wrapping samples into a `MethodResult`.
+norm, wrapping samples into a `MethodResult`, and counting a prior's decoder / encoder calls.
 
 Times follow `vipaint.sampling`'s convention: network times t ≥ 0 index ᾱ_t, `CLEAN` = −1 is the clean
 image (ᾱ = 1). `spaced_times(T, n)` gives n network times T−1 = τ_{n−1} > … > τ_0 = 0 (guided-diffusion's
@@ -9,13 +9,18 @@ full DDPM chain).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from vipaint.methods.base import MethodResult
 from vipaint.priors.base import Prior
 
-__all__ = ["spaced_times", "level_times", "jump_schedule", "forward_jump", "residual_norm", "finish"]
+__all__ = ["spaced_times", "level_times", "jump_schedule", "forward_jump", "residual_norm", "finish",
+           "CodecCounts", "count_codec"]
 
 
 def spaced_times(num_timesteps: int, n_steps: int | None) -> list[int]:
@@ -63,7 +68,7 @@ def forward_jump(z: Tensor, ab_from: Tensor, ab_to: Tensor, noise: Tensor) -> Te
 
 def residual_norm(r: Tensor) -> Tensor:
     """Unsquared ℓ2 norm per sample and image of a residual [S, B, ...] → [S, B] (never over the batch:
-    PEERS.md §2 DPS pitfall), with a safe gradient at 0."""
+    docs/algorithm.md §10.0, the DPS pitfall), with a safe gradient at 0."""
     return r.flatten(2).square().sum(-1).clamp_min(1e-20).sqrt()
 
 
@@ -74,3 +79,43 @@ def finish(samples: Tensor, nfe: int, n_backprop: int, traces: dict[str, Tensor]
     reasons = ["non-finite samples" if f else "" for f in bad.tolist()]
     return MethodResult(samples=samples, nfe=nfe, n_backprop=n_backprop, failed=bad, reasons=reasons,
                         traces=traces or {})
+
+
+@dataclass
+class CodecCounts:
+    """Calls of a prior's `decode` and `encode` (each on one batch of any size)."""
+
+    decode: int = 0
+    encode: int = 0
+
+
+@contextmanager
+def count_codec(prior: Prior) -> Iterator[CodecCounts]:
+    """Count the calls of `prior.decode` / `prior.encode` inside the block (latent priors; a pixel prior's
+    identity codec is not a network pass and counts 0). The prior's methods are shadowed by counting
+    wrappers on the instance for the block only, and restored after it, also on error."""
+    counts = CodecCounts()
+    if not prior.is_latent:
+        yield counts
+        return
+    saved = {k: prior.__dict__[k] for k in ("decode", "encode") if k in prior.__dict__}
+    decode, encode = prior.decode, prior.encode
+
+    def counted_decode(z: Tensor) -> Tensor:
+        counts.decode += 1
+        return decode(z)
+
+    def counted_encode(x: Tensor) -> Tensor:
+        counts.encode += 1
+        return encode(x)
+
+    object.__setattr__(prior, "decode", counted_decode)
+    object.__setattr__(prior, "encode", counted_encode)
+    try:
+        yield counts
+    finally:
+        for k in ("decode", "encode"):
+            if k in saved:
+                object.__setattr__(prior, k, saved[k])
+            else:
+                object.__delattr__(prior, k)
