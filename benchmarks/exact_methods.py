@@ -1,4 +1,4 @@
-"""Every method against the exact posterior of an analytic Gaussian-mixture prior (ALGORITHM.md §8).
+"""Every method against the exact posterior of an analytic Gaussian-mixture prior (docs/algorithm.md §8).
 
 SyntheticMixturePrior 1×8×8 (2 components), 8 observations × 32 samples, σ_y = 0.05, for inpainting
 (50 % random pixels), SR ×2 (area) and Gaussian blur (3×3, σ = 1). Each method runs with its defaults as

@@ -58,7 +58,7 @@ from vipaint.priors import ClassEmbedder, DiffusersPrior  # noqa: E402
 from vipaint.seeding import ImageRNG  # noqa: E402
 
 MODELS = ("lsun_church_ldm", "cin256_v2")
-OFFICIAL = {   # ALGORITHM.md §5
+OFFICIAL = {   # docs/algorithm.md §5
     "lsun_church_ldm": dict(n_mc=10, s_top=0.1, gamma_init=4.0, refine_guidance=1.0, likelihood_scale=0.01),
     "cin256_v2": dict(n_mc=5, s_top=0.8, gamma_init=5.0, refine_guidance=3.0, likelihood_scale=0.00640712),
 }

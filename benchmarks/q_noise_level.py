@@ -4,12 +4,12 @@
         [--std-scale 0.7 0.4472] [--out benchmarks/results/q_noise_level_mnist]
 
 For each `std_scale` (initial std of q's transitions as a multiple of the DDPM posterior std between
-keypoints; ALGORITHM.md §2, official 0.7) it fits q on `--images` observations (half-plane masks, σ_y =
+keypoints; docs/algorithm.md §2, official 0.7) it fits q on `--images` observations (half-plane masks, σ_y =
 0.05, the official 50 iterations) and draws 4 chains. At each keypoint h it reports the mean of ε_θ(z_h, h)²
 and the std of z_h. A z_h with the prior's marginal noise level gives mean ε̂² ≈ 1, as the forward-noised
 ground-truth images z_h = α_h x + σ_h ε do (first rows); a larger value means the chain carries extra noise,
 which the deterministic refinement steps (no noise added, DDIM η = 0.2 coefficients) never remove
-explicitly. `rec` is the fit's reconstruction term (100·L1 mean, ALGORITHM.md §3c) of the one-step
+explicitly. `rec` is the fit's reconstruction term (100·L1 mean, docs/algorithm.md §3c) of the one-step
 estimate x̂0(z_{T_s}) of those chains: how well q's samples explain the observation before refinement.
 Writes q_noise_level.md / .json.
 """

@@ -1,5 +1,5 @@
-"""The pure maths of `vipaint/diffusion.py` (ALGORITHM.md §1–§4) and the likelihood energies of
-`vipaint/likelihood.py` (ALGORITHM.md §1), against closed forms computed independently here."""
+"""The pure maths of `vipaint/diffusion.py` (docs/algorithm.md §1–§4) and the likelihood energies of
+`vipaint/likelihood.py` (docs/algorithm.md §1), against closed forms computed independently here."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_edm_time_grid_follows_rho_schedule():
     edm = (80 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     nearest = {int((vp_sigma - s).abs().argmin()) for s in edm}
     assert set(g[1:-1].tolist()) == {t for t in nearest if 550 < t < 999}
-    # ALGORITHM.md §3a: the official grid has ≈ 139 points above T_e = 550
+    # docs/algorithm.md §3a: the official grid has ≈ 139 points above T_e = 550
     assert 125 <= len(g) - 1 <= 155
 
 

@@ -1,4 +1,4 @@
-"""Mask generators, FileMask I/O and errors, check_mask (ALGORITHM.md §6)."""
+"""Mask generators, FileMask I/O and errors, check_mask (docs/algorithm.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests for every measurement operator (ALGORITHM.md §1, Observation)."""
+"""Property tests for every measurement operator (docs/algorithm.md §1, Observation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pure diffusion maths (ALGORITHM.md §1–§4). Each function cites the equation it implements.
+"""Pure diffusion maths (docs/algorithm.md §1–§4). Each function cites the equation it implements.
 
 Conventions: ᾱ values are tensors broadcastable against the latent tensors; α = √ᾱ, σ = √(1−ᾱ).
 No function here decides about gradients or draws random numbers: noise is passed in.
@@ -23,23 +23,23 @@ def bcast(v: Tensor, like: Tensor) -> Tensor:
 
 
 def tweedie_x0(z_t: Tensor, eps: Tensor, abar_t: Tensor) -> Tensor:
-    """One-step (Tweedie) estimate x̂0 = (z_t − σ_t ε̂)/α_t (ALGORITHM.md §1)."""
+    """One-step (Tweedie) estimate x̂0 = (z_t − σ_t ε̂)/α_t (docs/algorithm.md §1)."""
     return (z_t - (1.0 - abar_t).sqrt() * eps) / abar_t.sqrt()
 
 
 def eps_from_x0(z_t: Tensor, x0: Tensor, abar_t: Tensor) -> Tensor:
-    """Inverse of `tweedie_x0`: ε = (z_t − α_t x0)/σ_t (ALGORITHM.md §1, model-output conversion)."""
+    """Inverse of `tweedie_x0`: ε = (z_t − α_t x0)/σ_t (docs/algorithm.md §1, model-output conversion)."""
     return (z_t - abar_t.sqrt() * x0) / (1.0 - abar_t).sqrt()
 
 
 def ddim_sigma(abar_t: Tensor, abar_prev: Tensor, eta: float | Tensor) -> Tensor:
-    """DDIM(η) std between t and an earlier time s (ALGORITHM.md §2, s_{k+1}):
+    """DDIM(η) std between t and an earlier time s (docs/algorithm.md §2, s_{k+1}):
     η·√((1−ᾱ_s)/(1−ᾱ_t) · (1−ᾱ_t/ᾱ_s)). η = 1 gives the DDPM posterior std."""
     return eta * ((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)).clamp_min(0.0).sqrt()
 
 
 def ddim_mean(x0: Tensor, eps: Tensor, abar_prev: Tensor, sigma: Tensor) -> Tensor:
-    """DDIM mean m_θ = α_s x̂0 + √(1−ᾱ_s−s²) ε̂ (ALGORITHM.md §2 transitions, §4 refinement)."""
+    """DDIM mean m_θ = α_s x̂0 + √(1−ᾱ_s−s²) ε̂ (docs/algorithm.md §2 transitions, §4 refinement)."""
     return abar_prev.sqrt() * x0 + (1.0 - abar_prev - sigma ** 2).clamp_min(0.0).sqrt() * eps
 
 
@@ -54,7 +54,7 @@ def ddim_step(x0: Tensor, eps: Tensor, abar_t: Tensor, abar_prev: Tensor, eta: f
 
 
 def ddpm_posterior(x0: Tensor, z_t: Tensor, abar_t: Tensor, abar_s: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and variance of q(z_s | z_t, x0) for s < t (ALGORITHM.md §3a, the p-side kernel
+    """Mean and variance of q(z_s | z_t, x0) for s < t (docs/algorithm.md §3a, the p-side kernel
     p_θ(z_s|z_t) = q(z_s | z_t, x̂0(z_t)))."""
     a_ts = abar_t / abar_s                                   # ᾱ_{t|s}
     var = (1.0 - abar_s) * (1.0 - a_ts) / (1.0 - abar_t)
@@ -64,7 +64,7 @@ def ddpm_posterior(x0: Tensor, z_t: Tensor, abar_t: Tensor, abar_s: Tensor) -> t
 
 def bridge_posterior(z_e: Tensor, z_t: Tensor, abar_e: Tensor, abar_s: Tensor, abar_t: Tensor
                      ) -> tuple[Tensor, Tensor]:
-    """q-bridge q(z_s | z_t, z_e) for e ≤ s < t, with z_e playing the data (ALGORITHM.md §3a).
+    """q-bridge q(z_s | z_t, z_e) for e ≤ s < t, with z_e playing the data (docs/algorithm.md §3a).
 
     The forward process started at z_e has cumulative coefficients ᾱ_{·|e} = ᾱ_·/ᾱ_e, so this is
     `ddpm_posterior` on the relative schedule."""
@@ -73,18 +73,18 @@ def bridge_posterior(z_e: Tensor, z_t: Tensor, abar_e: Tensor, abar_s: Tensor, a
 
 def gaussian_kl(m_q: Tensor, v_q: Tensor, m_p: Tensor, v_p: Tensor) -> Tensor:
     """Element-wise KL(N(m_q, v_q) ‖ N(m_p, v_p)) = ½[(v_q + (m_q−m_p)²)/v_p − 1 − log(v_q/v_p)]
-    (ALGORITHM.md §3b, the true diagonal Gaussian KL)."""
+    (docs/algorithm.md §3b, the true diagonal Gaussian KL)."""
     return 0.5 * ((v_q + (m_q - m_p) ** 2) / v_p - 1.0 - torch.log(v_q / v_p))
 
 
 def gaussian_nll(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """Element-wise −log N(x; mean, var) (ALGORITHM.md §3a, the reconstruction step of the bound)."""
+    """Element-wise −log N(x; mean, var) (docs/algorithm.md §3a, the reconstruction step of the bound)."""
     return 0.5 * ((x - mean) ** 2 / var + torch.log(2 * math.pi * var))
 
 
 def edm_time_grid(alphas_cumprod: Tensor, start: int, n: int = 1000, rho: float = 7.0,
                   sigma_min: float = 0.002, sigma_max: float = 80.0) -> Tensor:
-    """Coarse grid G of discrete times for the prior loss (ALGORITHM.md §3a): an EDM ρ-schedule of n
+    """Coarse grid G of discrete times for the prior loss (docs/algorithm.md §3a): an EDM ρ-schedule of n
     noise levels mapped to the nearest discrete VP time, deduplicated, restricted to times above
     `start`, with `start` prepended and the last time T−1 appended. Returns ascending long times."""
     if not 0 <= start < len(alphas_cumprod) - 1:

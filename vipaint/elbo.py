@@ -1,4 +1,4 @@
-"""The negative ELBO of VIPaint, per observation, by Monte Carlo (ALGORITHM.md §3)."""
+"""The negative ELBO of VIPaint, per observation, by Monte Carlo (docs/algorithm.md §3)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class ElboTerms:
 
 def interval_constants(grid: Tensor, abar: Tensor) -> Tensor:
     """The z-independent part of each grid interval's term in the prior bound, per element [N_int]
-    (ALGORITHM.md §3a): ½[v_q/v_p − 1 − log(v_q/v_p)] of KL(q-bridge ‖ p-kernel) for intervals j ≥ 1,
+    (docs/algorithm.md §3a): ½[v_q/v_p − 1 − log(v_q/v_p)] of KL(q-bridge ‖ p-kernel) for intervals j ≥ 1,
     and ½ log(2π v_p) of the reconstruction NLL −log p_θ(z_{T_e} | z_{G[1]}) for j = 0. Summing these
     exactly (instead of sampling them with the interval) removes most of the estimator's variance in
     value; gradients are unchanged since the constants do not depend on λ."""
@@ -52,7 +52,7 @@ def interval_constants(grid: Tensor, abar: Tensor) -> Tensor:
 
 def _prior_terms(z_e: Tensor, z_t: Tensor, eps_t: Tensor, j: Tensor, grid: Tensor, abar: Tensor
                  ) -> Tensor:
-    """Diffusion bound on −log p_θ(z_{T_e}) from the segment [T_e, T] (ALGORITHM.md §3a), without the
+    """Diffusion bound on −log p_θ(z_{T_e}) from the segment [T_e, T] (docs/algorithm.md §3a), without the
     entropy term: N_int × (the z-dependent part of one stratified grid interval's term, t' = G[j] <
     t = G[j+1]) + the exact sum of the z-independent parts (`interval_constants`) + KL(q(z_T|z_{T_e}) ‖
     N(0, I)); returns [S, B]. Interval j = 0 is the reconstruction term −log p_θ(z_{T_e} | z_{G[1]})."""
@@ -76,7 +76,7 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
                   likelihood: Likelihood, rng: ImageRNG, *, n_mc: int, grid: Tensor, eta: float,
                   beta_prior: float = 100.0, beta_hier: float = 100.0, reduction: str = "mean",
                   cond: Tensor | None = None) -> ElboTerms:
-    """L(λ) = β_1 L_prior + β_2 L_hier + L_rec (ALGORITHM.md §3) for B observations, S = n_mc samples.
+    """L(λ) = β_1 L_prior + β_2 L_hier + L_rec (docs/algorithm.md §3) for B observations, S = n_mc samples.
 
     One network call evaluates ε_θ at the top keypoint and at the prior-loss times together; each further
     keypoint and the reconstruction take one call each, all on batches of S·B.

@@ -1,4 +1,4 @@
-"""Likelihood energies ℓ(x̂; y) = −log p(y | x̂) up to a constant (ALGORITHM.md §1)."""
+"""Likelihood energies ℓ(x̂; y) = −log p(y | x̂) up to a constant (docs/algorithm.md §1)."""
 
 from __future__ import annotations
 

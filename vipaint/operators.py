@@ -1,4 +1,4 @@
-"""Measurement operators y = A(x) + σ_y n (ALGORITHM.md §1, Observation).
+"""Measurement operators y = A(x) + σ_y n (docs/algorithm.md §1, Observation).
 
 Shape convention: operators act on x of shape (..., B, C, H, W); per-image parameters (the inpainting
 mask) have a leading batch dimension B and broadcast over any leading sample dimensions, so
@@ -153,7 +153,7 @@ class Inpainting(LinearOperator):
         return self.mask * n
 
     def paste(self, x: Tensor, y: Tensor) -> Tensor:
-        """Composite M ⊙ y + (1 − M) ⊙ x (ALGORITHM.md §4 output)."""
+        """Composite M ⊙ y + (1 − M) ⊙ x (docs/algorithm.md §4 output)."""
         return self.mask * y + (1 - self.mask) * x
 
 

@@ -1,4 +1,4 @@
-"""The hierarchical variational posterior q_λ over keypoint latents (ALGORITHM.md §2)."""
+"""The hierarchical variational posterior q_λ over keypoint latents (docs/algorithm.md §2)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class HierarchicalPosterior(nn.Module):
     @classmethod
     def initialise(cls, y_enc: Tensor, prior: Prior, keypoints: list[int], rng: ImageRNG, *,
                    s_top: float = 0.8, gamma_init: float = 5.0, std_scale: float = 0.7) -> "HierarchicalPosterior":
-        """Official initialisation (ALGORITHM.md §2): ℓ_1 = 2 log σ_{T_e}; std_k = 0.7 × DDPM posterior std
+        """Official initialisation (docs/algorithm.md §2): ℓ_1 = 2 log σ_{T_e}; std_k = 0.7 × DDPM posterior std
         between h_{k−1} and h_k; μ_1 = y_enc + s_top ε; μ_k = y_enc + (σ_{h_k}/α_{h_k}) ε; γ_k = 5."""
         k, shape = len(keypoints), tuple(y_enc.shape[1:])
         ab = prior.alpha_bar(torch.tensor(keypoints)).to(y_enc)
@@ -65,7 +65,7 @@ class HierarchicalPosterior(nn.Module):
         return cls(mu, logvar, gamma, keypoints)
 
     def param_groups(self, lr_mu: float, lr_logvar: float, lr_gamma: float) -> list[dict]:
-        """Adam parameter groups with the official per-group learning rates (ALGORITHM.md §3)."""
+        """Adam parameter groups with the official per-group learning rates (docs/algorithm.md §3)."""
         return [{"params": [self.mu], "lr": lr_mu}, {"params": [self.logvar], "lr": lr_logvar},
                 {"params": [self.gamma], "lr": lr_gamma}]
 
@@ -81,7 +81,7 @@ class HierarchicalPosterior(nn.Module):
 def sample_chain(post: HierarchicalPosterior, prior: Prior, n: int, rng: ImageRNG, *, eta: float,
                  cond: Tensor | None = None, guidance_scale: float = 1.0) -> ChainSample:
     """Draw z_{h_1}, …, z_{h_K} ~ q_λ for n samples per image, with the hierarchical KL
-    (ALGORITHM.md §2 transitions, §3b)."""
+    (docs/algorithm.md §2 transitions, §3b)."""
     latent = tuple(post.mu.shape[2:])
     z_top = post.sample_top(rng.randn(n, *latent, batch_dim=1).to(post.mu))
     return chain_from(post, prior, z_top, rng, eta=eta, cond=cond, guidance_scale=guidance_scale)

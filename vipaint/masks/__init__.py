@@ -1,4 +1,4 @@
-"""Inpainting masks (ALGORITHM.md §6): generators for the paper's protocols plus user mask files.
+"""Inpainting masks (docs/algorithm.md §6): generators for the paper's protocols plus user mask files.
 
 Convention everywhere in the project: a mask is a float32 tensor [1, H, W] with values in {0., 1.};
 **1 = observed pixel, 0 = hole** (the region to inpaint). Generators are plain picklable classes with

@@ -45,7 +45,7 @@ class MethodResult:
 
 def initial_image(operator, y: Tensor, image_shape: tuple[int, int, int], fill: str = "zero"  # noqa: ANN001
                   ) -> Tensor:
-    """The image q_λ's means start from (ALGORITHM.md §2, y_filled).
+    """The image q_λ's means start from (docs/algorithm.md §2, y_filled).
 
     fill "zero": A⁺y, the official choice (inpainting: holes at 0, mid-grey on [−1, 1]).
     fill "observed_mean": A⁺y + (I − A⁺A) c, with c the mean of A⁺y over the observed pixels (weights

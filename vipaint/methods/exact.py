@@ -1,4 +1,4 @@
-"""`exact`: draws from the exact posterior of an analytic Gaussian-mixture prior (ALGORITHM.md §8)."""
+"""`exact`: draws from the exact posterior of an analytic Gaussian-mixture prior (docs/algorithm.md §8)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = ["exact"]
 
 def exact(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rng: ImageRNG,
           cond: Tensor | None = None, progress: bool = False) -> MethodResult:
-    """Exact posterior samples p(x | y) of an analytic Gaussian-mixture prior (ALGORITHM.md §8), image b
+    """Exact posterior samples p(x | y) of an analytic Gaussian-mixture prior (docs/algorithm.md §8), image b
     drawn with its own generator `rng.generators[b]`. No network passes."""
     if not isinstance(prior, GaussianMixturePrior):
         raise TypeError(f"method 'exact' needs an analytic prior (GaussianMixturePrior, GaussianPrior, "

@@ -1,5 +1,5 @@
 """VIPaint: fit q_λ by maximising the ELBO, then refine its samples by guided denoising
-(ALGORITHM.md §2–§4)."""
+(docs/algorithm.md §2–§4)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ __all__ = ["VIPaintConfig", "vipaint", "fit_posterior", "refine"]
 
 @dataclass
 class VIPaintConfig:
-    """All VIPaint options; defaults are the official code's (ALGORITHM.md §5), with its slips fixed
+    """All VIPaint options; defaults are the official code's (docs/algorithm.md §5), with its slips fixed
     (§7). Likelihood defaults to 100·L1 (Laplace, b = 0.01) with element means and β = 100. Stage 2
     guides with the same energy unless `refine_likelihood` is set; DPS's guidance is `refine_likelihood:
     l2norm, refine_reduction: sum, zeta: 0.5, stochastic: true, eta_refine: 1.0` (README, "VIPaint's
@@ -78,7 +78,7 @@ class VIPaintConfig:
 def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageRNG, cfg: VIPaintConfig,
                   *, cond: Tensor | None = None, progress: Progress | None = None
                   ) -> tuple[HierarchicalPosterior, Tensor, Tensor, list[str]]:
-    """Stage 1 (ALGORITHM.md §3): Adam on the summed negative ELBO of the B observations.
+    """Stage 1 (docs/algorithm.md §3): Adam on the summed negative ELBO of the B observations.
 
     Returns the posterior, the objective trace [iterations, B], per-image failure flags [B] and reasons.
     An image whose objective or gradients turn non-finite is frozen and flagged.

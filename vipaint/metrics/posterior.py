@@ -1,4 +1,4 @@
-"""Sample quality against an exact posterior (analytic Gaussian / Gaussian-mixture priors, ALGORITHM.md §8).
+"""Sample quality against an exact posterior (analytic Gaussian / Gaussian-mixture priors, docs/algorithm.md §8).
 
 Method samples are [S, B, D] (S samples for each of B observations, D flattened coordinates); image-shaped
 [S, B, C, H, W] inputs are flattened. Exact references are either exact posterior samples [S', B, D] or

@@ -1,4 +1,4 @@
-"""Analytic priors with exact scores (ALGORITHM.md §8): a Gaussian mixture Σ_j w_j N(m_j, Σ_j) over
+"""Analytic priors with exact scores (docs/algorithm.md §8): a Gaussian mixture Σ_j w_j N(m_j, Σ_j) over
 small images. The VP marginals p(z_t) = Σ_j w_j N(α_t m_j, α_t² Σ_j + σ_t² I) are closed form, so the
 exact ε*(z_t, t) = −σ_t ∇ log p(z_t) serves as a drop-in prior, and linear-Gaussian observations have an
 exact mixture posterior."""
@@ -67,14 +67,14 @@ def smooth_covariance(image_shape: tuple[int, int, int], *, length_scale: float 
 
 
 class GaussianMixturePrior(Prior):
-    """Exact-score prior Σ_j w_j N(m_j, Σ_j) on images of `image_shape` (ALGORITHM.md §8).
+    """Exact-score prior Σ_j w_j N(m_j, Σ_j) on images of `image_shape` (docs/algorithm.md §8).
 
     Args:
         weights: [J] mixture weights (normalised here).
         means: [J, D] or [J, C, H, W] component means.
         covs: [J, D, D] component covariances.
         image_shape: (C, H, W); inferred from 4-D means.
-        num_timesteps, beta_schedule, beta_start, beta_end: the VP schedule (ALGORITHM.md §1).
+        num_timesteps, beta_schedule, beta_start, beta_end: the VP schedule (docs/algorithm.md §1).
     """
 
     def __init__(self, weights: Tensor, means: Tensor, covs: Tensor, *,
@@ -134,7 +134,7 @@ class GaussianMixturePrior(Prior):
         return torch.logsumexp(logits, dim=1)
 
     def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
-        """Exact ε*(z_t, t) = −σ_t ∇ log p(z_t) (ALGORITHM.md §8)."""
+        """Exact ε*(z_t, t) = −σ_t ∇ log p(z_t) (docs/algorithm.md §8)."""
         logits, score = self.marginal_terms(z, t)
         r = torch.softmax(logits, dim=1)
         total = (r[..., None] * score).sum(1)
@@ -150,7 +150,7 @@ class GaussianMixturePrior(Prior):
         return x.float().reshape((n,) + self._shape).to(self.means.device)
 
     def exact_posterior(self, operator: LinearOperator, y: Tensor) -> GaussianMixture:
-        """Exact posterior p(x | y) for y = A x + n, n ~ N(0, σ_y² I) (ALGORITHM.md §8), per image."""
+        """Exact posterior p(x | y) for y = A x + n, n ~ N(0, σ_y² I) (docs/algorithm.md §8), per image."""
         yf = y.reshape(y.shape[0], -1).double().to(self.means.device)               # [B, P]
         A = operator_matrix(operator, self._shape).double().to(self.means.device)   # [B or 1, P, D]
         A = A.expand(yf.shape[0], -1, -1)
@@ -170,7 +170,7 @@ class GaussianMixturePrior(Prior):
 
 
 class GaussianPrior(GaussianMixturePrior):
-    """Exact-score Gaussian prior N(mean, cov) (ALGORITHM.md §8); `mean` [D] or [C, H, W], `cov` [D, D]."""
+    """Exact-score Gaussian prior N(mean, cov) (docs/algorithm.md §8); `mean` [D] or [C, H, W], `cov` [D, D]."""
 
     def __init__(self, mean: Tensor, cov: Tensor, *, image_shape: tuple[int, int, int] | None = None,
                  **schedule: object) -> None:
@@ -183,7 +183,7 @@ class GaussianPrior(GaussianMixturePrior):
 
 class SyntheticMixturePrior(GaussianMixturePrior):
     """A config-friendly mixture over small images: J smooth random mean images with well-separated
-    modes, each with a smooth squared-exponential covariance (ALGORITHM.md §8 testbed).
+    modes, each with a smooth squared-exponential covariance (docs/algorithm.md §8 testbed).
 
     Args:
         image_shape: (C, H, W), e.g. (1, 8, 8).

@@ -17,7 +17,7 @@ __all__ = ["Prior"]
 
 
 class Prior(nn.Module, ABC):
-    """A frozen diffusion prior (ALGORITHM.md §1).
+    """A frozen diffusion prior (docs/algorithm.md §1).
 
     Subclasses register a float64 buffer `alphas_cumprod` of length T (ᾱ_t, t = 0..T−1) and implement
     `eps_flat`. Latent priors also override `encode_flat` / `decode_flat`; pixel priors keep the identity

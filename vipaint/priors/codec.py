@@ -1,6 +1,6 @@
 """The codec of a latent diffusers prior (`AutoencoderKL` or `VQModel`) between pixel images in [−1, 1] and
 scaled latents z = s·(E(x) − shift): the latent scale and shift, the decoded image shape, encoding and
-differentiable decoding in chunks, and gradient checkpointing of the decoder (ALGORITHM.md §1)."""
+differentiable decoding in chunks, and gradient checkpointing of the decoder (docs/algorithm.md §1)."""
 
 from __future__ import annotations
 

@@ -249,7 +249,7 @@ def resolve_num_classes(denoiser: Denoiser, num_classes: int | None, where: str)
 
 
 def eps_from_output(out: Tensor, z: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
-    """ε from a raw network output [N, C or 2C, h, w] at z [N, C, h, w] and times t [N] (ALGORITHM.md §1):
+    """ε from a raw network output [N, C or 2C, h, w] at z [N, C, h, w] and times t [N] (docs/algorithm.md §1):
     with learned variance (2C channels: DiT, improved DDPM) ε is the first half; ε-prediction as is;
     x0-prediction ε = (z − α x0)/σ; v-prediction ε = σ z + α v."""
     c = z.shape[1]

@@ -1,7 +1,7 @@
 """Diffusers priors: a denoiser (`UNet2DModel`, `UNet2DConditionModel` + class embedding, or
 `DiTTransformer2DModel`) + its scheduler config, optionally behind a codec (`AutoencoderKL` or `VQModel`),
 loaded through the real `from_pretrained` path from a local folder or a Hub id (cache included). The
-network output is converted to ε whatever it predicts (ALGORITHM.md §1). See docs/latent_priors.md.
+network output is converted to ε whatever it predicts (docs/algorithm.md §1). See docs/latent_priors.md.
 
 `DiffusersPrior` composes three parts: `vipaint.priors.loading` (folder layouts, file discovery, the
 errors that say what to download), `vipaint.priors.denoisers` (one call signature for every denoiser,

@@ -10,7 +10,7 @@ __all__ = ["make_alphas_cumprod"]
 
 def make_alphas_cumprod(num_timesteps: int = 1000, beta_schedule: str = "linear",
                         beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """ᾱ_t = ∏_{i≤t}(1−β_i) (ALGORITHM.md §1) for "linear" (DDPM) or "scaled_linear" (CompVis
+    """ᾱ_t = ∏_{i≤t}(1−β_i) (docs/algorithm.md §1) for "linear" (DDPM) or "scaled_linear" (CompVis
     "linear": linear in √β) betas; float64."""
     if beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
