@@ -5,6 +5,7 @@ two modules together."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,13 @@ def test_no_source_file_over_the_ceiling(top: str) -> None:
     long = [f"{p.relative_to(ROOT)}: {n} lines" for p in sorted((ROOT / top).rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES]
     assert not long, f"files over {MAX_LINES} lines (split them): " + ", ".join(long)
+
+
+def test_citations_stay_inside_the_repository() -> None:
+    """Docstrings, comments, specs and docs cite `docs/algorithm.md`, never notes that live outside the repo."""
+    outside = re.compile(r"(?<![\w/])(ALGORITHM|PEERS)\.md|shared/docs")
+    files = [p for top in ("vipaint", "benchmarks", "experiments", "docs", "scripts") for p in (ROOT / top).rglob("*")
+             if p.suffix in (".py", ".md", ".yaml", ".sh")] + [ROOT / "README.md"]
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+           if outside.search(line)]
+    assert not bad, "citations of files outside the repository: " + ", ".join(bad)
