@@ -74,7 +74,7 @@ def _set_heads(model: torch.nn.Module, heads: int) -> None:
             m.heads, m.scale = heads, (inner // heads) ** -0.5
 
 
-def build_models(name: str, tiny: bool):  # noqa: ANN201
+def build_models(name: str, tiny: bool):
     """(denoiser, scheduler, codec, class_embedder or None) with random weights."""
     import diffusers
 
@@ -146,7 +146,7 @@ class StageTimer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __enter__(self) -> "StageTimer":
+    def __enter__(self) -> StageTimer:
         self._sync()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         post, trace, failed, _ = fit_posterior(prior, op, y, rng, cfg)
         with torch.no_grad():
             chain = sample_chain(post, prior, 4, rng, eta=cfg.eta_fit)
-            eps = [_eps(prior, z, t) for t, z in zip(cfg.keypoints, chain.z)]
+            eps = [_eps(prior, z, t) for t, z in zip(cfg.keypoints, chain.z, strict=True)]
             flat, e = eps[-1]                                        # T_s: also the one-step estimate
             x_hat = prior.decode(tweedie_x0(flat, e, prior.alpha_bar(cfg.keypoints[-1])))
             rec = cfg.make_likelihood()(x_hat.reshape((4,) + tuple(x.shape)), y, op).mean().item()
-        for t, z, (_, e) in zip(cfg.keypoints, chain.z, eps):
+        for t, z, (_, e) in zip(cfg.keypoints, chain.z, eps, strict=True):
             rows.append({"chain": f"q, std_scale {s:.4g}", "keypoint": t, "mean_eps_sq": e.pow(2).mean().item(),
                          "z_std": z.std().item(), "rec": rec, "objective_last": trace[-1].mean().item(),
                          "failed": int(failed.sum())})

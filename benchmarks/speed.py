@@ -38,7 +38,7 @@ def _problem(prior: DiffusersPrior, data: str, n: int) -> tuple[torch.Tensor, to
     return torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items]), list(range(n))
 
 
-def _run(prior, x, mask, idx, *, per_image: bool, samples: int, **opts):  # noqa: ANN001, ANN202
+def _run(prior, x, mask, idx, *, per_image: bool, samples: int, **opts):
     op = Inpainting(mask, sigma_y=0.05)
     y = op.observe(x, ImageRNG(0, idx, "observation"))
     t0 = time.perf_counter()

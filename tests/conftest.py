@@ -15,7 +15,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
 # Tiny tensors on a shared 2-core machine: one intra-op thread is much faster and deterministic.
 torch.set_num_threads(1)
 

@@ -30,7 +30,7 @@ from vipaint.metrics import to_unit_rgb
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script(relpath: str):  # noqa: ANN202
+def _load_script(relpath: str):
     """Import a script that is not a package module (scripts/, benchmarks/) by its path."""
     spec = importlib.util.spec_from_file_location(Path(relpath).stem, ROOT / relpath)
     mod = importlib.util.module_from_spec(spec)
@@ -175,7 +175,8 @@ def test_benchmark_rejects_unknown_flags(tmp_path, tiny_pixel_prior, tiny_imagef
                                     "vipaint.fid_bootstrap"])
 def test_module_entry_points(module):
     """`python -m` runs the new package and the old module paths the committed docs use."""
-    res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT, check=False)
+    res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+                         check=False)
     assert res.returncode == 0, res.stderr
     assert ("--spec" in res.stdout) == module.endswith(("bench", "benchmark"))
     assert ("--reference" in res.stdout) == module.endswith("bootstrap")

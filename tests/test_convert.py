@@ -125,7 +125,7 @@ def test_full_size_layouts_fit_diffusers(name: str) -> None:
         assert {r.src for r in rules} == set(src)
         assert {d for r in rules for d in r.dst} == set(dst)
         for r in rules:
-            for d, t in zip(r.dst, r.forward(src[r.src])):
+            for d, t in zip(r.dst, r.forward(src[r.src]), strict=True):
                 assert tuple(t.shape) == tuple(dst[d].shape), (r.src, d)
     assert plan.config["norm_eps"] == 1e-5 and plan.config["flip_sin_to_cos"] and plan.config["freq_shift"] == 0
     if name == "cin256-v2":
@@ -155,7 +155,7 @@ class _Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (pathlib.Path.touch, (self.marker,))
 
 

@@ -55,7 +55,7 @@ def test_benchmark_call_builds_without_running(tmp_path, monkeypatch, tiny_pixel
 def test_extra_arguments_reach_the_config(tmp_path, tiny_pixel_prior, tiny_imagefolder):
     cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder)
 
-    def add(parser):  # noqa: ANN001
+    def add(parser):
         parser.add_argument("--export_every", type=int, default=0)
 
     cli = build_cli(["--config", str(cfg), "--export_every", "7"], add_arguments=add, run=False,

@@ -115,7 +115,7 @@ def test_network_pass_counts(problems: dict) -> None:
     assert cp.n_backprop == 10 and cp.nfe >= 5 * 3
     # the official RePaint schedule: 250 + 24 jumps × 9 repeats × 10 levels = 2,410 reverse steps
     levels = jump_schedule(250, 10, 10)
-    assert sum(b < a for a, b in zip(levels[:-1], levels[1:])) == 2410 and levels[-1] == -1
+    assert sum(b < a for a, b in zip(levels[:-1], levels[1:], strict=True)) == 2410 and levels[-1] == -1
     assert spaced_times(1000, None) == list(range(999, -1, -1)) and len(spaced_times(1000, 100)) == 100
 
 

@@ -34,7 +34,7 @@ def _mixture(j: int = 2, d: int = D, shape=SHAPE) -> GaussianMixturePrior:
 def _brute_log_prob(prior: GaussianMixturePrior, z: torch.Tensor, t: int) -> torch.Tensor:
     ab = make_alphas_cumprod(1000)[t]
     comps = []
-    for w, m, c in zip(prior.weights, prior.means, prior.covs):
+    for w, m, c in zip(prior.weights, prior.means, prior.covs, strict=True):
         mvn = MultivariateNormal(ab.sqrt() * m, ab * c + (1 - ab) * torch.eye(c.shape[0], dtype=F64))
         comps.append(w.log() + mvn.log_prob(z.reshape(z.shape[0], -1)))
     return torch.logsumexp(torch.stack(comps, 1), 1)
@@ -160,7 +160,7 @@ def test_mixture_exact_posterior_weights_brute_force():
     post = prior.exact_posterior(op, y)
     yf = y.reshape(-1).double()
     logw = []
-    for w, m, c in zip(prior.weights, prior.means, prior.covs):
+    for w, m, c in zip(prior.weights, prior.means, prior.covs, strict=True):
         pred = MultivariateNormal(A @ m, A @ c @ A.T + sigma_y ** 2 * torch.eye(D, dtype=F64))
         logw.append(w.log() + pred.log_prob(yf))
         m_ref, c_ref = _textbook_posterior(m, c, A, yf, sigma_y ** 2)

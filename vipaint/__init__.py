@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from vipaint import operators, priors  # noqa: E402
-from vipaint.api import solve, solve_full  # noqa: E402
+from vipaint import operators, priors
+from vipaint.api import solve, solve_full
 
 __all__ = ["solve", "solve_full", "priors", "operators", "__version__"]

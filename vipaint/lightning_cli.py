@@ -19,7 +19,7 @@ class ExplicitArgsMixin:
     while `sys.argv` holds arguments (as it does under `vipaint predict ...`), so hide `sys.argv` while
     those args are parsed, and only then (a DDP launch later re-runs the real `sys.argv`)."""
 
-    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001
+    def parse_arguments(self, parser, args) -> None:
         if args is None:
             super().parse_arguments(parser, args)  # type: ignore[misc]
             return

@@ -42,7 +42,7 @@ class ImageRNG:
     def __len__(self) -> int:
         return len(self.generators)
 
-    def subset(self, keep: Sequence[int]) -> "ImageRNG":
+    def subset(self, keep: Sequence[int]) -> ImageRNG:
         """The streams of the images at batch positions `keep` (their state is shared, not copied)."""
         out = object.__new__(ImageRNG)
         out.seed, out.stream, out.device = self.seed, self.stream, self.device

@@ -76,7 +76,7 @@ def _distribution_metrics(items: list[dict], features: nn.Module | None, chunk: 
             "kid_subset": kid.subset_size_used, "n_fake": len(fake), "n_real": len(real)}
 
 
-def _per_item_metrics(items: list[dict], perceptual) -> dict:  # noqa: ANN001
+def _per_item_metrics(items: list[dict], perceptual) -> dict:
     from vipaint.metrics import hole_std, pairwise_diversity, per_sample, psnr
 
     out: dict[str, list[float]] = {"diversity_l2": [], "hole_std": [], "psnr_best": [], "psnr_mean": []}
@@ -132,7 +132,7 @@ def _feature_network(out: Path, fid: bool) -> tuple[CachedFeatures | None, str]:
     return features, label
 
 
-def _method_rows(name: str, items: list[dict], features: CachedFeatures | None, perceptual,  # noqa: ANN001
+def _method_rows(name: str, items: list[dict], features: CachedFeatures | None, perceptual,
                  timing: dict) -> list[dict]:
     """Rows of one method: one per mask type, then "all"."""
     rows = []
@@ -227,7 +227,7 @@ def _plots(out: Path, rows: list[dict], methods: list[str]) -> None:
     allrows = [r for r in rows if r["mask"] == "all"]
     keys = [k for k in ("sliced_w2", "kid", "psnr", "diversity_l2") if any(k in r for r in allrows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
-    for ax, key in zip(np.atleast_1d(axes), keys):
+    for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
         for r in allrows:
             ax.scatter(r["nfe"], r.get(key, float("nan")), s=30)
             ax.annotate(r["method"], (r["nfe"], r.get(key, float("nan"))), fontsize=8)
@@ -261,7 +261,7 @@ def _panel_grid(out: Path, methods: list[str]) -> None:
         label_w = max(90, 12 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(m)) for m in methods))
         canvas = Image.new("RGB", (w + label_w, h), "white")
         draw, y = ImageDraw.Draw(canvas), 0
-        for m, row in zip(methods, tiles):
+        for m, row in zip(methods, tiles, strict=True):
             draw.text((4, y + row[0].height // 2 - 6), m, fill="black")
             x = label_w
             for im in row:

@@ -15,7 +15,7 @@ import torch
 __all__ = ["build_cli", "read_timing", "run_methods"]
 
 
-def build_cli(config: str, overrides: list[str]):  # noqa: ANN201
+def build_cli(config: str, overrides: list[str]):
     """The LightningCLI of `vipaint predict` for the experiment YAML `config` plus `overrides`, built
     without running (`run=False`), without a logger and with gradients enabled in predict."""
     from vipaint.lightning_cli import build_cli as build_lightning_cli

@@ -33,7 +33,7 @@ class CheckpointLoadError(RuntimeError):
 class _Inert:
     """Placeholder for a global a checkpoint names but that we refuse to import: accepts and drops state."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Inert:
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -124,7 +124,7 @@ def unet_plan(p: dict[str, Any]) -> UNetPlan:
         raise NotImplementedError("spatial transformer + resblock_updown has no diffusers block (CrossAttn*Block2D "
                                   "only resamples with convolutions)")
     mc, mult, nrb = p["model_channels"], list(p.get("channel_mult", (1, 2, 4, 8))), p["num_res_blocks"]
-    attn_res, depth, legacy = list(p["attention_resolutions"]), p.get("transformer_depth", 1), p.get("legacy", True)
+    attn_res, depth = list(p["attention_resolutions"]), p.get("transformer_depth", 1)
     new_order = p.get("use_new_attention_order", False)
     rules: list[Rule] = []
     heads: dict[str, int] = {}
@@ -290,7 +290,7 @@ def apply_rules(rules: list[Rule], src: dict[str, Tensor]) -> dict[str, Tensor]:
                        f"(wrong --config for this checkpoint?)")
     out: dict[str, Tensor] = {}
     for r in rules:
-        for name, t in zip(r.dst, r.forward(src[r.src])):
+        for name, t in zip(r.dst, r.forward(src[r.src]), strict=True):
             if name in out:
                 raise RuntimeError(f"two rules write {name}")
             out[name] = t

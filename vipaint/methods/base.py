@@ -43,7 +43,7 @@ class MethodResult:
             self.reasons = [""] * self.samples.shape[1]
 
 
-def initial_image(operator, y: Tensor, image_shape: tuple[int, int, int], fill: str = "zero"  # noqa: ANN001
+def initial_image(operator, y: Tensor, image_shape: tuple[int, int, int], fill: str = "zero"
                   ) -> Tensor:
     """The image q_λ's means start from (docs/algorithm.md §2, y_filled).
 

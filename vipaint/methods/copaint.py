@@ -134,14 +134,14 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     times = level_times(prior, n_steps)
     levels = jump_schedule(len(times), jump_length, jump_n_sample) if time_travel else \
         list(range(len(times) - 1, -2, -1))
-    n_rev = sum(1 for a, b in zip(levels[:-1], levels[1:]) if b < a)
+    n_rev = sum(1 for a, b in zip(levels[:-1], levels[1:], strict=True) if b < a)
     bar = Progress("CoPaint-TT" if time_travel else "CoPaint", progress)
     ab_min = prior.alpha_bar(times[0]).to(y)
     opt = dict(n_opt=n_opt, adaptive=adaptive_lr, max_backtracks=max_backtracks, clip_x0=clip_x0, cond=cond,
                guidance_scale=guidance_scale)
     z = rng.randn(s, *shape, batch_dim=1).to(y)
     lr, coef, nfe, nbp, done, reverse = lr_xt, coef_reg, 0, 0, 0, False
-    for cur, nxt in zip(levels[:-1], levels[1:]):
+    for cur, nxt in zip(levels[:-1], levels[1:], strict=True):
         t = times[cur]
         step_lr = lr * float((prior.alpha_bar(t).to(y) / ab_min).sqrt()) if smart_lr else lr
         if nxt > cur:                                                     # time travel back one level

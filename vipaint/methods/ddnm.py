@@ -94,13 +94,13 @@ def ddnm(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, r
     s, shape, image = n_samples, tuple(prior.latent_shape), tuple(prior.image_shape)
     times = level_times(prior, n_steps)
     levels = jump_schedule(len(times), travel_length, travel_repeat)
-    n_rev = sum(1 for a, b in zip(levels[:-1], levels[1:]) if b < a)
+    n_rev = sum(1 for a, b in zip(levels[:-1], levels[1:], strict=True) if b < a)
     bar = Progress("DDNM+" if plus else "DDNM", progress)
     z = rng.randn(s, *shape, batch_dim=1).to(y)
     x0_last = None
     done = 0
     with torch.no_grad():
-        for cur, nxt in zip(levels[:-1], levels[1:]):
+        for cur, nxt in zip(levels[:-1], levels[1:], strict=True):
             ab_nxt = abar(prior, times[nxt] if nxt >= 0 else CLEAN, z)
             if nxt > cur:                                            # time travel back from the last x̂0
                 z = ab_nxt.sqrt() * x0_last + (1 - ab_nxt).sqrt() * rng.randn(s, *shape, batch_dim=1).to(z)

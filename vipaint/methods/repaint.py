@@ -74,13 +74,13 @@ def repaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     s, shape = n_samples, tuple(prior.latent_shape)
     times = level_times(prior, t_T)
     levels = jump_schedule(len(times), jump_length, jump_n_sample)
-    n_rev = sum(1 for a, b in zip(levels[:-1], levels[1:]) if b < a)
+    n_rev = sum(1 for a, b in zip(levels[:-1], levels[1:], strict=True) if b < a)
     bar = Progress("RePaint", progress)
     m = operator.mask
     z = rng.randn(s, *shape, batch_dim=1).to(y)
     done = 0
     with torch.no_grad():
-        for cur, nxt in zip(levels[:-1], levels[1:]):
+        for cur, nxt in zip(levels[:-1], levels[1:], strict=True):
             ab_cur = abar(prior, times[cur], z)
             ab_nxt = abar(prior, times[nxt] if nxt >= 0 else CLEAN, z)
             if nxt > cur:                                                  # time travel: re-noise

@@ -230,9 +230,9 @@ def exact_posterior_metrics(samples: Tensor, x_true: Tensor, posterior: Gaussian
     Returns:
         name → [B]: exact_mean_rmse (RMS error of the sample mean to the exact mean), prior_mean_rmse (the
         same for the prior mean, a baseline), exact_std_ratio (sample std / exact std, mean over the region;
-        exact stds ≤ 1e-8 are left out; NaN for a single sample), sliced_w2 (to the reference samples), mode_weight_error (L1 between
-        sample and exact component weights), coverage90 and coverage90_exact (90 % credible-interval
-        coverage of the truth by the samples and by the reference).
+        exact stds ≤ 1e-8 are left out; NaN for a single sample), sliced_w2 (to the reference samples),
+        mode_weight_error (L1 between sample and exact component weights), coverage90 and coverage90_exact
+        (90 % credible-interval coverage of the truth by the samples and by the reference).
     """
     em, es = posterior.mean().float(), posterior.std().float()
     if prior_mean is None:

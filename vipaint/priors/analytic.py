@@ -197,7 +197,8 @@ class SyntheticMixturePrior(GaussianMixturePrior):
 
     def __init__(self, *, image_shape: tuple[int, int, int] = (1, 8, 8), n_components: int = 3,
                  length_scale: float = 2.0, variance: float = 0.1, separation: float = 0.6, seed: int = 0,
-                 shared_fraction: float = 0.0, num_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
+                 shared_fraction: float = 0.0, num_timesteps: int = 1000, beta_schedule: str = "linear",
+                 beta_start: float = 1e-4,
                  beta_end: float = 0.02) -> None:
         g = torch.Generator().manual_seed(seed)
         cov = smooth_covariance(image_shape, length_scale=length_scale, variance=variance)

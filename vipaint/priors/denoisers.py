@@ -80,7 +80,7 @@ class ClassEmbedder(nn.Module):
                   str(folder / CLASS_EMBEDDER_WEIGHTS))
 
     @classmethod
-    def from_files(cls, config_file: str | Path | None, weights_file: str | Path) -> "ClassEmbedder":
+    def from_files(cls, config_file: str | Path | None, weights_file: str | Path) -> ClassEmbedder:
         """Load from the two files; the weight may also carry a CompVis prefix
         (`cond_stage_model.embedding.weight`)."""
         from safetensors.torch import load_file
@@ -102,7 +102,7 @@ class ClassEmbedder(nn.Module):
         return emb
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "ClassEmbedder":
+    def from_pretrained(cls, folder: str | Path) -> ClassEmbedder:
         folder = Path(folder)
         cfg = folder / CLASS_EMBEDDER_CONFIG
         return cls.from_files(cfg if cfg.exists() else None, folder / CLASS_EMBEDDER_WEIGHTS)
@@ -122,7 +122,7 @@ class Denoiser(nn.Module):
         self.model = model
 
     @property
-    def config(self):  # noqa: ANN201
+    def config(self):
         return self.model.config
 
     @property

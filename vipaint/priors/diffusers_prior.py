@@ -15,10 +15,25 @@ import torch
 from torch import Tensor, nn
 
 from vipaint.priors.base import Prior
-from vipaint.priors.codec import (CODEC_CLASSES, check_decode_chunk, codec_image_shape, decode_latents,
-                                  enable_decoder_checkpointing, encode_latents, latent_scales, vq_scaling)
-from vipaint.priors.denoisers import (PREDICTION_TYPES, ClassEmbedder, Denoiser, eps_from_output, guided_eps,
-                                      resolve_num_classes, wrap_denoiser)
+from vipaint.priors.codec import (
+    CODEC_CLASSES,
+    check_decode_chunk,
+    codec_image_shape,
+    decode_latents,
+    enable_decoder_checkpointing,
+    encode_latents,
+    latent_scales,
+    vq_scaling,
+)
+from vipaint.priors.denoisers import (
+    PREDICTION_TYPES,
+    ClassEmbedder,
+    Denoiser,
+    eps_from_output,
+    guided_eps,
+    resolve_num_classes,
+    wrap_denoiser,
+)
 from vipaint.priors.loading import PriorNotFoundError, import_diffusers, load_components
 from vipaint.priors.runtime import Runtime, check_autocast
 
@@ -82,8 +97,8 @@ class DiffusersPrior(Prior):
                     channels_last=channels_last, compile=compile)
 
     @classmethod
-    def from_models(cls, denoiser: nn.Module, scheduler, codec: nn.Module | None = None, *,  # noqa: ANN001
-                    class_embedder: ClassEmbedder | None = None, **options: object) -> "DiffusersPrior":
+    def from_models(cls, denoiser: nn.Module, scheduler, codec: nn.Module | None = None, *,
+                    class_embedder: ClassEmbedder | None = None, **options: object) -> DiffusersPrior:
         """A prior from in-memory diffusers models (no files): `denoiser` a UNet2DModel,
         UNet2DConditionModel (with `class_embedder`) or DiTTransformer2DModel, `scheduler` any diffusers VP
         scheduler (its `alphas_cumprod` and `prediction_type` are read), `codec` an AutoencoderKL or
@@ -98,7 +113,7 @@ class DiffusersPrior(Prior):
         obj._build(wrapped, scheduler, codec, **options)
         return obj
 
-    def _build(self, denoiser: Denoiser, sched, codec: nn.Module | None, *,  # noqa: ANN001
+    def _build(self, denoiser: Denoiser, sched, codec: nn.Module | None, *,
                num_classes: int | None = None,
                vq_force_not_quantize: bool = False, dtype: str = "float32", scaling_factor: float | None = None,
                autocast: str | None = None, force_autocast: bool = False, gradient_checkpointing: bool = False,

@@ -27,9 +27,16 @@ from typing import Any
 from torch import nn
 
 from vipaint.priors.codec import CODEC_CLASSES
-from vipaint.priors.denoisers import (CLASS_EMBEDDER_CONFIG, CLASS_EMBEDDER_WEIGHTS, DENOISER_CLASSES,
-                                      ClassEmbedder, CrossAttnUNetDenoiser, Denoiser, DiTDenoiser,
-                                      UNetDenoiser)
+from vipaint.priors.denoisers import (
+    CLASS_EMBEDDER_CONFIG,
+    CLASS_EMBEDDER_WEIGHTS,
+    DENOISER_CLASSES,
+    ClassEmbedder,
+    CrossAttnUNetDenoiser,
+    Denoiser,
+    DiTDenoiser,
+    UNetDenoiser,
+)
 
 __all__ = ["PriorNotFoundError", "LoadedComponents", "load_components", "apply_attention_heads",
            "import_diffusers", "ATTENTION_HEADS_FILE"]
@@ -261,6 +268,6 @@ def load_components(path: str, *, local_files_only: bool | None = None,
             codec = cls.from_pretrained(src.target, subfolder=csub, **kw)
             if codec_kind == "vq":
                 vq_scale = (src.json(f"{csub}/config.json") or {}).get("scaling_factor")
-    except (OSError, EnvironmentError) as err:
+    except OSError as err:
         raise _missing(path, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}", download_hint) from err
     return LoadedComponents(denoiser, sched, codec, codec_kind, vq_scale)

