@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vipaint.imageio import RESIZE_POLICIES, crop_box, fit_mask, high_depth_as_float, is_high_depth, open_image
 from vipaint.masks import MaskGenerator, check_mask
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "InverseProblemDataset",
     "PendingSampler",
     "load_image",
+    "read_image",
 ]
 
 
@@ -40,29 +42,49 @@ class DatasetNotFoundError(FileNotFoundError):
     """The configured dataset is not available on this machine."""
 
 
-def load_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
-               channels: int | None = None) -> Tensor:
-    """Decode an image into a float tensor [C, H, W] in [−1, 1]; errors name `where`."""
-    try:
-        img = source if isinstance(source, Image.Image) else Image.open(source)
-        img.load()
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{where}: cannot read the image ({err}); replace or remove the file") from err
-    if channels == 1:
+def read_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
+               channels: int | None = None, resize: str = "crop"
+               ) -> tuple[Tensor, tuple[int, int], tuple[int, int, int, int] | None]:
+    """Decode an image into a float tensor [C, H, W] in [−1, 1], with the file's size (H, W) and the region
+    (left, top, right, bottom) of the file that was resized to `size` (None: kept as is); errors name
+    `where`.
+
+    8-bit images map 0..255 to [−1, 1], 16-bit ones 0..65535 (never clipped at 255); palette images go
+    through their palette. `resize` ("crop", "stretch" or "none", `vipaint.imageio.crop_box`) says how an
+    image of another aspect ratio than `size` × `size` is fitted; the same region must be used for its mask.
+    """
+    img = open_image(source, where=where)
+    width, height = img.size
+    high = is_high_depth(img)
+    if high:
+        img = high_depth_as_float(img, where=where)
+    elif channels == 1:
         img = img.convert("L")
     elif channels == 3 or img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
+    box = None
     if size is not None and img.size != (size, size):
-        w, h = img.size
-        s = min(w, h)
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        box = crop_box(width, height, (size, size), resize, where=where)
+        img = img.crop(box)
         img = img.resize((size, size), Image.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    x = torch.from_numpy(arr.copy()) / 127.5 - 1.0
+    if high:
+        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)[None]
+        if channels == 3:
+            arr = np.repeat(arr, 3, axis=0)
+        x = torch.from_numpy(arr.copy()) * 2.0 - 1.0
+    else:
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        x = torch.from_numpy(arr.copy()) / 127.5 - 1.0
     if not torch.isfinite(x).all():
         raise ValueError(f"{where}: the image contains NaN or inf values")
-    return x
+    return x, (height, width), box
+
+
+def load_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
+               channels: int | None = None, resize: str = "crop") -> Tensor:
+    """Decode an image into a float tensor [C, H, W] in [−1, 1] (`read_image` without the region)."""
+    return read_image(source, where=where, size=size, channels=channels, resize=resize)[0]
 
 
 def _load_hf(source: str, split: str, cache_dir: str | None):
@@ -104,9 +126,10 @@ class InverseProblemDataset(Dataset):
 
     def __init__(self, *, source: str, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = None, image_size: int | None = None, channels: int | None = None,
-                 seed: int = 0, cache_dir: str | None = None, prior_samples: Tensor | None = None) -> None:
+                 seed: int = 0, cache_dir: str | None = None, prior_samples: Tensor | None = None,
+                 resize: str = "crop") -> None:
         self.source, self.masks, self.seed = source, list(masks or []), seed
-        self.image_size, self.channels = image_size, channels
+        self.image_size, self.channels, self.resize = image_size, channels, resize
         self.prior_samples = prior_samples
         if prior_samples is not None:
             self.table = None
@@ -149,8 +172,8 @@ class InverseProblemDataset(Dataset):
         else:
             row = self.table[i]
             src, path = self._cell(row, "image")
-            x = load_image(src, where=f"dataset index {k} (file {path})", size=self.image_size,
-                           channels=self.channels)
+            x, native, box = read_image(src, where=f"dataset index {k} (file {path})", size=self.image_size,
+                                        channels=self.channels, resize=self.resize)
             for key in ("label", "class_id", "class"):
                 if key in row and row[key] is not None:
                     label = int(row[key])
@@ -163,12 +186,33 @@ class InverseProblemDataset(Dataset):
             msrc, mpath = self._cell(row, "mask")
             where = f"dataset index {k} (mask file {mpath})"
             m = load_image(msrc, where=where, channels=1)
-            if tuple(m.shape[-2:]) != size:
-                raise ValueError(f"{where}: mask size {tuple(m.shape[-2:])} does not match image size {size} "
-                                 f"(image {path}); resize the mask or set data.image_size to None")
-            m, name = check_mask((m + 1) / 2, where=where), "file"
+            m, name = check_mask(_same_geometry(m, native, box, size, where=where, image=path), where=where), "file"
         return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
                 "path": path}
+
+
+def _same_geometry(m: Tensor, native: tuple[int, int], box: tuple[int, int, int, int] | None,
+                   size: tuple[int, int], *, where: str, image: str) -> Tensor:
+    """A mask read as [1, h, w] in [−1, 1], as {0, 1} values [1, H, W] with the geometry of its image: a mask
+    of the image file's size gets the image's crop and resize (nearest neighbour); one already of the
+    final size is kept."""
+    m = (m + 1) / 2
+    hw = tuple(m.shape[-2:])
+    if hw == size:
+        return m
+    if hw == native and box is not None:
+        if not bool(((m == 0) | (m == 1)).all()):
+            return m   # check_mask names the non-binary values
+        return fit_mask(m[0] > 0.5, box, size).to(torch.float32)[None]
+    raise ValueError(f"{where}: mask size {hw} matches neither its image's file size {native} nor the size "
+                     f"{size} it is used at (image {image}); save the mask at the image's size")
+
+
+def _check_count(name: str, value: object, *, low: int, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"data.{name} must be an integer >= {low}{' or None' if none_ok else ''}, got {value!r}")
 
 
 def collate(items: list[dict]) -> dict:
@@ -209,7 +253,10 @@ class InverseProblemDataModule(L.LightningDataModule):
         split: dataset split (a plain folder has a single split, used whatever the name).
         masks: mask generators (the dataset becomes images × generators); None: masks from the files.
         num_images: use the first N images (None: all).
-        image_size: centre-crop and resize to this square size (None: keep).
+        image_size: resize to this square size (None: keep), after a centre crop to a square for images of
+            another aspect ratio (`resize`); masks from files get the same geometry.
+        resize: how an image of another aspect ratio is fitted: "crop" (centre crop), "stretch" or "none"
+            (an error).
         channels: 1 or 3 to convert; None keeps the files' mode.
         seed: global seed for masks (and prior samples).
         batch_size, num_workers: DataLoader settings; results do not depend on batch size.
@@ -218,8 +265,17 @@ class InverseProblemDataModule(L.LightningDataModule):
 
     def __init__(self, source: str = "prior", *, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = 16, image_size: int | None = None, channels: int | None = None,
-                 seed: int = 0, batch_size: int = 8, num_workers: int = 0, cache_dir: str | None = None) -> None:
+                 seed: int = 0, batch_size: int = 8, num_workers: int = 0, cache_dir: str | None = None,
+                 resize: str = "crop") -> None:
         super().__init__()
+        _check_count("num_images", num_images, low=1, none_ok=True)
+        _check_count("image_size", image_size, low=1, none_ok=True)
+        _check_count("batch_size", batch_size, low=1)
+        _check_count("num_workers", num_workers, low=0)
+        if channels not in (None, 1, 3):
+            raise ValueError(f"data.channels must be 1, 3 or None, got {channels!r}")
+        if resize not in RESIZE_POLICIES:
+            raise ValueError(f"data.resize must be one of {RESIZE_POLICIES}, got {resize!r}")
         self.save_hyperparameters(ignore=["masks"])
         self.masks = masks
         self.dataset: InverseProblemDataset | None = None
@@ -260,7 +316,7 @@ class InverseProblemDataModule(L.LightningDataModule):
                                              num_images=h.num_images, image_size=h.image_size,
                                              channels=h.channels, seed=h.seed,
                                              cache_dir=h.cache_dir or os.environ.get("VIPAINT_DATA_CACHE"),
-                                             prior_samples=samples)
+                                             prior_samples=samples, resize=h.get("resize", "crop"))
         return self.dataset
 
     def pending(self) -> list[int]:
