@@ -86,10 +86,25 @@ def test_setup_resolves_folder_checks_settings_and_hands_is_done_to_the_datamodu
     dm = InverseProblemDataModule("prior", num_images=2, masks=[BoxMask()])
     w.setup(SimpleNamespace(datamodule=dm), _module(sigma_y=0.1), "predict")
     assert w.output_dir == tmp_path / "exp" / "ddnm"
+    assert not (w.output_dir / "settings.json").exists()              # written with the first result only
+    w.write(hand_prediction())
     assert json.loads((w.output_dir / "settings.json").read_text())["module"]["sigma_y"] == 0.1
     assert dm.done == w.is_done
     with pytest.raises(RuntimeError, match="other settings.*sigma_y"):
         w.setup(SimpleNamespace(datamodule=dm), _module(sigma_y=0.2), "predict")
+
+
+def test_a_failed_first_run_leaves_its_folder_free(tmp_path):
+    """Issue 22 case 7: a run stopped by a bad option writes no settings.json, so the corrected rerun starts."""
+    w = PredictionWriter(str(tmp_path / "run"))
+    dm = InverseProblemDataModule("prior", num_images=2, masks=[BoxMask()])
+    bad = _module(method_options={"n_steps": 0})
+    with pytest.raises(ValueError, match=r"option n_steps must be an integer >= 1"):
+        w.setup(SimpleNamespace(datamodule=dm), bad, "predict")
+    assert not (tmp_path / "run" / "settings.json").exists()
+    w.setup(SimpleNamespace(datamodule=dm), _module(method_options={"n_steps": 5}), "predict")   # no "other settings"
+    w.write(hand_prediction())
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["method_options"] == {"n_steps": 5}
 
 
 def test_teardown_builds_the_report_after_a_barrier(tmp_path):

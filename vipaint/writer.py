@@ -6,8 +6,9 @@ Files under `output_dir` (written by the rank that processed the image, atomical
     metrics/<index>.json  per-image metrics (written last: its presence marks the index as done)
     failed/<index>.json   the reason an image failed (a rerun retries it)
     settings.json         what determines the results (method, options, prior, operator, data, masks,
-                          seeds); a rerun into the same folder with other settings stops with an error
-                          instead of mixing results (batch size, device count and num_images may change)
+                          seeds), written just before the first result (not by a run that stops on an error
+                          before computing anything); a rerun into the same folder with other settings stops
+                          with an error instead of mixing results (batch size, device count and num_images may change)
 Resume: at setup the writer hands its `is_done` to the `InverseProblemDataModule` (`skip_done`), which then
 yields only the indices without outputs (with another datamodule every index is computed and rewritten).
 At the end of the predict run (`teardown`, reached by every rank, also when a rank had nothing to compute),
@@ -30,13 +31,19 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from vipaint.api import check_options
 from vipaint.data import InverseProblemDataModule
+from vipaint.methods import METHODS
 from vipaint.report import build_report, panel
 
 if TYPE_CHECKING:
     from vipaint.module import Prediction
 
-__all__ = ["PredictionWriter"]
+__all__ = ["PredictionWriter", "SettingsMismatchError"]
+
+
+class SettingsMismatchError(RuntimeError):
+    """A results folder holds results of other settings, inputs or index map than the run asked for."""
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -81,7 +88,9 @@ class PredictionWriter(BasePredictionWriter):
             self.set_output_dir(self.template.format(method=getattr(pl_module, "method", "run")))
         if stage == "predict":
             datamodule = getattr(trainer, "datamodule", None)
-            check_settings(self.output_dir, run_settings(pl_module, datamodule))
+            check_method_options(pl_module)
+            self.pending_settings = run_settings(pl_module, datamodule)
+            check_settings(self.output_dir, self.pending_settings, write=False)
             if isinstance(datamodule, InverseProblemDataModule):
                 datamodule.skip_done(self.is_done)
 
@@ -102,7 +111,7 @@ class PredictionWriter(BasePredictionWriter):
             old = json.loads(f.read_text())
             same_image = path is None or Path(str(old.get("path"))).name == Path(str(path)).name
             if not same_image or (mask is not None and old.get("mask") != mask):
-                raise RuntimeError(
+                raise SettingsMismatchError(
                     f"{f} holds the {old.get('mask')} mask of {old.get('path')}, but dataset index {index} is now "
                     f"the {mask} mask of {path}: the map from index to (image, mask) changed (data.num_images "
                     "or the mask list differs from the run that wrote this folder). Rerun with that run's "
@@ -116,6 +125,7 @@ class PredictionWriter(BasePredictionWriter):
     def write(self, prediction: Prediction) -> None:
         """Each image's files; a failed image gets failed/<index>.json only."""
         p, res = prediction, prediction.result
+        self.write_pending_settings()
         for b, index in enumerate(p.index.tolist()):
             name = f"{index:06d}"
             if bool(res.failed[b]):
@@ -137,6 +147,14 @@ class PredictionWriter(BasePredictionWriter):
             failed = self.output_dir / "failed" / f"{name}.json"
             if failed.exists():
                 failed.unlink()
+
+    def write_pending_settings(self) -> None:
+        """`settings.json`, once, just before the first result is written (so a run that stops on an error
+        before any result leaves the folder free for a corrected rerun)."""
+        settings = getattr(self, "pending_settings", None)
+        if settings is not None:
+            check_settings(self.output_dir, settings)
+            self.pending_settings = None
 
     def teardown(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
         """The run report, once every rank is done (Lightning skips the epoch hooks of a rank whose
@@ -179,24 +197,36 @@ def run_settings(pl_module, datamodule=None) -> dict:  # noqa: ANN001
     if datamodule is not None and hasattr(datamodule, "hparams"):
         dh = dict(datamodule.hparams)
         out["data"] = {k: dh.get(k) for k in ("source", "split", "image_size", "channels", "seed")}
+        if dh.get("resize", "crop") != "crop":   # recorded only when not the default, so older folders still match
+            out["data"]["resize"] = dh["resize"]
         out["data"]["masks"] = [repr(m) for m in (getattr(datamodule, "masks", None) or [])]
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
-def check_settings(output_dir: Path, settings: dict) -> None:
-    """Writes `settings.json` on the first run; on a rerun, stops if the folder holds results of other
-    settings (a resume must not mix them)."""
+def check_method_options(pl_module) -> None:  # noqa: ANN001
+    """The module's method options against their allowed ranges (`vipaint.api.check_options`), before any
+    file is written."""
+    method, prior = getattr(pl_module, "method", None), getattr(pl_module, "prior", None)
+    if method in METHODS and prior is not None:
+        check_options(method, prior, dict(getattr(pl_module, "method_options", None) or {}))
+
+
+def check_settings(output_dir: Path, settings: dict, *, write: bool = True) -> None:
+    """Stops if `settings.json` in the folder records other settings (a resume must not mix them); writes
+    it when absent and `write` is true."""
     f = Path(output_dir) / "settings.json"
     if f.exists():
         old = json.loads(f.read_text())
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             detail = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}" for k in diff)
-            raise RuntimeError(f"{output_dir} holds results made with other settings ({detail}). "
+            raise SettingsMismatchError(f"{output_dir} holds results made with other settings ({detail}). "
                                f"Delete the folder or write to another output_dir.")
         return
+    if not write:
+        return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    _atomic(f, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
+    _atomic(f, partial(Path.write_text, data=json.dumps(settings, indent=1, sort_keys=True)))
 
 
 def _log(trainer, report: dict, out: Path, n_images: int) -> None:  # noqa: ANN001
