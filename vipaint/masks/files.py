@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ _ARRAY_EXTS = (".npy", ".npz")
 def _check_array_size(shape: tuple[int, ...], file: str) -> None:
     """The size check of `check_pixels` for an array file, from its header (before reading the data)."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if n > max_pixels() * 4:   # up to 4 channels per pixel
+    if len(shape) == 3 and min(shape[0], shape[-1]) <= 4:   # [H, W, C] or [C, H, W]
+        n //= max(1, min(shape[0], shape[-1]))
+    if n > max_pixels():
         raise ValueError(f"FileMask: mask file '{file}' holds an array of shape {tuple(shape)}, more than the "
                          f"limit of {max_pixels()} pixels; shrink it, or raise the limit with VIPAINT_MAX_PIXELS")
 
@@ -94,7 +97,10 @@ class FileMask(MaskGenerator):
                         _check_array_size(shape, file)
                     arrays = {k: z[k] for k in z.files}
             else:
-                with Image.open(file) as img:
+                with warnings.catch_warnings():   # PIL's bomb warning: `check_pixels` decides instead
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(file)
+                with img:
                     check_pixels(*img.size, where=f"FileMask: mask file '{file}'")
                     if img.mode not in ("1", "L") and not img.mode.startswith(("I", "F")):
                         img = img.convert("L")
