@@ -389,3 +389,36 @@ def test_non_square_image_and_its_mask_get_one_geometry(tmp_path, cache):
 def test_datamodule_options_are_checked(kw, message):
     with pytest.raises(ValueError, match=message):
         InverseProblemDataModule("prior", **kw)
+
+
+def _meta_folder(root: Path, lines: list[str]) -> Path:
+    (root / "masks").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((S, S), np.uint8)).save(root / name)
+        Image.fromarray(_box_mask()).save(root / "masks" / name)
+    (root / "metadata.jsonl").write_text("".join(line + "\n" for line in lines))
+    return root
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ([], r"metadata\.jsonl lists no images"),
+    (["", "  "], r"metadata\.jsonl lists no images"),
+    (['{"file_name": "a.png", "mask_file_name": "masks/a.png"}', '{"file_name": "b.png",'],
+     r"metadata\.jsonl, line 2: malformed JSON"),
+    (['{"file_name": "a.png", "mask_file_name": "../outside.png"}'],
+     r"metadata\.jsonl, line 1: mask_file_name '\.\./outside\.png' points outside the folder"),
+    (['{"file_name": "a.png", "mask_file_name": "/etc/hostname"}'], r"line 1: mask_file_name '/etc/hostname' points outside"),
+    (['{"file_name": "a.png", "mask_file_name": "masks/zz.png"}'], r"line 1: mask_file_name 'masks/zz\.png' does not exist"),
+    (['{"file_name": "a.png", "mask_file_name": "masks/a.png"}', '{"file_name": "b.png", "mask_file_name": "masks/b.png"}',
+      '{"file_name": "a.png", "mask_file_name": "masks/b.png"}'],
+     r"line 3: file_name 'a\.png' is listed again \(first on line 1\)"),
+    (['["a.png"]'], r'line 1: expected a JSON object with a "file_name" string'),
+])
+def test_metadata_errors_name_the_file_and_line(tmp_path, cache, lines, message):
+    """Issue 22 cases 5 and 9: an empty metadata.jsonl, malformed JSON, a mask path escaping the folder and a
+    file listed twice are clear errors (not an IndexError, a generic Hub message, or a double count)."""
+    (tmp_path / "outside.png").write_bytes(b"")
+    root = _meta_folder(tmp_path / "d", lines)
+    with pytest.raises(ValueError, match=message) as info:
+        InverseProblemDataset(source=str(root), cache_dir=cache)
+    assert "Hub" not in str(info.value)
