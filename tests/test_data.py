@@ -228,8 +228,9 @@ def test_datamodule_yields_only_pending_indices(folder, cache):
     assert [it["index"] for it in full] == list(range(6))
     calls = []
 
-    def done(k, *, path, mask):
+    def done(k, *, path, mask, fingerprint):
         calls.append((k, Path(path).name, mask))
+        assert set(fingerprint) == {"image_sha256"}             # generated masks: the settings determine them
         return k in (0, 2, 3)
 
     dm.skip_done(done)
@@ -262,7 +263,7 @@ def test_pending_sampler_shares():
 def test_done_predicate_errors_propagate(folder, cache):
     dm = InverseProblemDataModule(str(folder), masks=[BoxMask()], num_images=2, cache_dir=cache)
 
-    def done(k, *, path, mask):
+    def done(k, *, path, mask, fingerprint):
         raise RuntimeError(f"index {k} is now another image")
 
     dm.skip_done(done)

@@ -24,7 +24,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vipaint.imageio import RESIZE_POLICIES, crop_box, fit_mask, high_depth_as_float, is_high_depth, open_image
-from vipaint.masks import MaskGenerator, check_mask
+from vipaint.masks import FileMask, MaskGenerator, check_mask
+from vipaint.provenance import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     from vipaint.priors.base import Prior
@@ -217,6 +218,22 @@ class InverseProblemDataset(Dataset):
         path = f"prior sample {i}" if self.table is None else self._cell(self.table[i], "image")[1]
         return path, (self.masks[g].name if self.masks else "file")
 
+    def fingerprint(self, k: int) -> dict[str, str]:
+        """Content hashes of item k's input files, {"image_sha256": ..., "mask_sha256": ...} (a generated
+        mask has none: the settings and the index determine it; a prior sample hashes its tensor)."""
+        i, g = k % self.n_images, k // self.n_images
+        if self.table is None:
+            return {"image_sha256": sha256_bytes(self.prior_samples[i].float().contiguous().numpy().tobytes())}
+        row = self.table[i]
+        out = {"image_sha256": _cell_sha256(row["image"])}
+        if self.masks:
+            gen = self.masks[g]
+            if isinstance(gen, FileMask):
+                out["mask_sha256"] = sha256_file(gen.files[k % len(gen.files)])
+        elif "mask" in row:
+            out["mask_sha256"] = _cell_sha256(row["mask"])
+        return out
+
     def __getitem__(self, k: int) -> dict:
         if k < 0 or k >= len(self):
             raise IndexError(k)
@@ -244,6 +261,13 @@ class InverseProblemDataset(Dataset):
             m, name = check_mask(_same_geometry(m, native, box, size, where=where, image=path), where=where), "file"
         return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
                 "path": path}
+
+
+def _cell_sha256(v: object) -> str:
+    """SHA-256 of an image cell of a `datasets` table ({"path", "bytes"} or a path)."""
+    if isinstance(v, dict):
+        return sha256_bytes(v["bytes"]) if v.get("bytes") is not None else sha256_file(v["path"])
+    return sha256_file(str(v))
 
 
 def _same_geometry(m: Tensor, native: tuple[int, int], box: tuple[int, int, int, int] | None,
@@ -347,8 +371,8 @@ class InverseProblemDataModule(L.LightningDataModule):
 
     def skip_done(self, done: Callable[..., bool] | None) -> None:
         """Leave out of `predict_dataloader` the indices k with `done(k, path=..., mask=...)` true (the
-        `PredictionWriter.is_done` of the run folder, which may raise when k now names another image or
-        mask type); None: yield every index."""
+        `PredictionWriter.is_done` of the run folder, also given the item's `fingerprint`, which may raise
+        when k now names another image or mask type, or a changed file); None: yield every index."""
         self.done = done
 
     def setup(self, stage: str | None = None) -> None:
@@ -382,7 +406,7 @@ class InverseProblemDataModule(L.LightningDataModule):
         out = []
         for k in range(len(ds)):
             path, mask = ds.describe(k)
-            if not self.done(k, path=path, mask=mask):
+            if not self.done(k, path=path, mask=mask, fingerprint=ds.fingerprint(k)):
                 out.append(k)
         return out
 

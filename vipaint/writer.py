@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from vipaint.api import check_options
 from vipaint.data import InverseProblemDataModule
 from vipaint.methods import METHODS
+from vipaint.provenance import atomic_write, clean_temporary, folder_hashes, load_problem, move_aside, prior_folder
 from vipaint.report import build_report, panel
 
 if TYPE_CHECKING:
@@ -47,10 +48,8 @@ class SettingsMismatchError(RuntimeError):
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then move it into place (readers never see half a file)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)` beside `path`, fsynced, then moved into place (`vipaint.provenance.atomic_write`)."""
+    atomic_write(path, write)
 
 
 def _save_npz(path: Path, arrays: dict[str, torch.Tensor]) -> None:
@@ -88,6 +87,11 @@ class PredictionWriter(BasePredictionWriter):
             self.set_output_dir(self.template.format(method=getattr(pl_module, "method", "run")))
         if stage == "predict":
             datamodule = getattr(trainer, "datamodule", None)
+            if getattr(trainer, "is_global_zero", True) and self.output_dir.exists():
+                # no rank writes before the barrier that follows setup, so no live temporary file is removed
+                for p in clean_temporary(self.output_dir):
+                    print(f"[vipaint] removed {p}, left by an interrupted run")
+            check_writable(self.output_dir)
             check_method_options(pl_module)
             self.pending_settings = run_settings(pl_module, datamodule)
             check_settings(self.output_dir, self.pending_settings, write=False)
@@ -99,13 +103,17 @@ class PredictionWriter(BasePredictionWriter):
         # large dataset, so `trainer.predict` returns None
         trainer.predict_loop.return_predictions = False
 
-    def is_done(self, index: int, *, path: str | None = None, mask: str | None = None) -> bool:
+    def is_done(self, index: int, *, path: str | None = None, mask: str | None = None,
+                fingerprint: dict[str, str] | None = None) -> bool:
         """Whether `index` has its outputs. Given the item's image `path` and `mask` name, also checks that
         the stored outputs are of that image and mask type: with several mask types, dataset index k is
         (image k mod N, mask k div N), so a rerun with another data.num_images N maps the same index to
-        another observation, which must not be taken as done."""
+        another observation, which must not be taken as done. Given its `fingerprint` (content hashes of
+        the image and mask files, `InverseProblemDataset.fingerprint`), stops if a file changed since. A
+        per-index file that does not load (a truncated .npz, an empty .json) is named, moved to corrupt/
+        and the index recomputed."""
         f = self.output_dir / "metrics" / f"{index:06d}.json"
-        if not f.exists():
+        if not f.exists() or not self._loadable(index):
             return False
         if path is not None or mask is not None:
             old = json.loads(f.read_text())
@@ -116,14 +124,36 @@ class PredictionWriter(BasePredictionWriter):
                     f"the {mask} mask of {path}: the map from index to (image, mask) changed (data.num_images "
                     "or the mask list differs from the run that wrote this folder). Rerun with that run's "
                     "data.num_images, or write to a new folder.")
+            check_fingerprint(f, old, fingerprint, index=index, path=path)
         return True
+
+    def _loadable(self, index: int) -> bool:
+        """Whether the metrics and samples files of `index` load; damaged ones are moved aside."""
+        name = f"{index:06d}"
+        files = [self.output_dir / "metrics" / f"{name}.json", self.output_dir / "samples" / f"{name}.npz"]
+        problems = [(p, load_problem(p) if p.exists() else "missing") for p in files]
+        if all(why is None for _, why in problems):
+            return True
+        for p, why in problems:
+            if why is not None and why != "missing":
+                try:
+                    dest = move_aside(p, self.output_dir)
+                except FileNotFoundError:   # another rank moved it first
+                    continue
+                print(f"[vipaint] {p} does not load ({why}); moved to {dest}, dataset index {index} is recomputed")
+        (self.output_dir / "metrics" / f"{name}.json").unlink(missing_ok=True)   # no "done" mark without samples
+        return False
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Prediction, batch_indices, batch,  # noqa: ANN001
                            batch_idx: int, dataloader_idx: int) -> None:
-        self.write(prediction)
+        ds = getattr(trainer, "datamodule", None)
+        ds = ds.full_dataset() if isinstance(ds, InverseProblemDataModule) else None
+        fps = None if ds is None else [ds.fingerprint(i) for i in prediction.index.tolist()]
+        self.write(prediction, fingerprints=fps)
 
-    def write(self, prediction: Prediction) -> None:
-        """Each image's files; a failed image gets failed/<index>.json only."""
+    def write(self, prediction: Prediction, *, fingerprints: list[dict[str, str]] | None = None) -> None:
+        """Each image's files; a failed image gets failed/<index>.json only. `fingerprints` (content hashes
+        of each image's input files) go into its metrics record, for `is_done` to compare on a rerun."""
         p, res = prediction, prediction.result
         self.write_pending_settings()
         for b, index in enumerate(p.index.tolist()):
@@ -143,10 +173,23 @@ class PredictionWriter(BasePredictionWriter):
             rec = {"index": index, "mask": p.mask_name[b], "path": p.path[b], "nfe": res.nfe,
                    "n_backprop": res.n_backprop}
             rec.update({k: float(v[b]) for k, v in p.metrics.items()})
+            rec.update(fingerprints[b] if fingerprints is not None else {})
             _atomic(self.output_dir / "metrics" / f"{name}.json", partial(Path.write_text, data=json.dumps(rec)))
             failed = self.output_dir / "failed" / f"{name}.json"
             if failed.exists():
                 failed.unlink()
+
+    def run_indices(self, trainer) -> list[int] | None:  # noqa: ANN001
+        """The dataset indices of this run (the report covers exactly these; None: every file in the folder,
+        with a datamodule other than `InverseProblemDataModule`). Damaged files among them are moved aside."""
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, InverseProblemDataModule) or dm.dataset is None:
+            return None
+        indices = list(range(len(dm.dataset)))
+        for i in indices:
+            if (self.output_dir / "metrics" / f"{i:06d}.json").exists():
+                self._loadable(i)
+        return indices
 
     def write_pending_settings(self) -> None:
         """`settings.json`, once, just before the first result is written (so a run that stops on an error
@@ -163,7 +206,7 @@ class PredictionWriter(BasePredictionWriter):
             return
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            report = build_report(self.output_dir)
+            report = build_report(self.output_dir, indices=self.run_indices(trainer))
             _log(trainer, report, self.output_dir, self.log_images)
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
@@ -175,7 +218,11 @@ class PredictionWriter(BasePredictionWriter):
 def _prior_id(prior) -> dict:  # noqa: ANN001
     """A prior is identified by its folder / Hub id when it has one, else by a hash of its tensors."""
     if getattr(prior, "path", None):
-        return {"class": type(prior).__name__, "path": str(prior.path)}
+        out = {"class": type(prior).__name__, "path": str(prior.path)}
+        folder = prior_folder(str(prior.path))
+        if folder is not None:
+            out["files_sha256"] = folder_hashes(folder)   # weights and configs: a change under the same path shows
+        return out
     h = hashlib.sha1()
     for k, v in sorted(prior.state_dict().items()):
         h.update(k.encode())
@@ -203,6 +250,15 @@ def run_settings(pl_module, datamodule=None) -> dict:  # noqa: ANN001
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
+def check_writable(output_dir: Path) -> None:
+    """Stop before computing if the results folder cannot be written (e.g. read-only)."""
+    for sub in ("", "samples", "panels", "metrics", "failed"):
+        d = output_dir / sub
+        if not d.is_dir() or not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(f"results folder {d} is not a writable folder; fix its permissions or set "
+                                  "the PredictionWriter's output_dir to another folder")
+
+
 def check_method_options(pl_module) -> None:  # noqa: ANN001
     """The module's method options against their allowed ranges (`vipaint.api.check_options`), before any
     file is written."""
@@ -217,9 +273,11 @@ def check_settings(output_dir: Path, settings: dict, *, write: bool = True) -> N
     f = Path(output_dir) / "settings.json"
     if f.exists():
         old = json.loads(f.read_text())
+        if "files_sha256" not in (old.get("prior") or {}) and "files_sha256" in (settings.get("prior") or {}):
+            # a folder written before the hashes were recorded: compare what it records
+            settings = {**settings, "prior": {k: v for k, v in settings["prior"].items() if k != "files_sha256"}}
         if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            detail = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}" for k in diff)
+            detail = describe_changes(old, settings)
             raise SettingsMismatchError(f"{output_dir} holds results made with other settings ({detail}). "
                                f"Delete the folder or write to another output_dir.")
         return
@@ -227,6 +285,34 @@ def check_settings(output_dir: Path, settings: dict, *, write: bool = True) -> N
         return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     _atomic(f, partial(Path.write_text, data=json.dumps(settings, indent=1, sort_keys=True)))
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """What differs between two settings records, e.g. `prior.files_sha256.unet/model.safetensors: changed`."""
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k == "prior" and isinstance(a, dict) and isinstance(b, dict) and a.get("path") == b.get("path"):
+            fa, fb = a.get("files_sha256") or {}, b.get("files_sha256") or {}
+            files = [f"{name}: {'added' if name not in fa else 'removed' if name not in fb else 'changed'}"
+                     for name in sorted(set(fa) | set(fb)) if fa.get(name) != fb.get(name)]
+            rest = [x for x in sorted(set(a) | set(b)) if x != "files_sha256" and a.get(x) != b.get(x)]
+            parts += [f"prior file {x}" for x in files] + [f"prior.{x}: {a.get(x)} -> {b.get(x)}" for x in rest]
+        else:
+            parts.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
+    return "; ".join(parts)
+
+
+def check_fingerprint(f: Path, old: dict, fingerprint: dict[str, str] | None, *, index: int, path: str | None) -> None:
+    """Stop if an input file of `index` changed since its record `old` (from file `f`) was written."""
+    for key, value in (fingerprint or {}).items():
+        if key in old and old[key] != value:
+            what = "image" if key.startswith("image") else "mask"
+            raise SettingsMismatchError(
+                f"{f}: the {what} file of dataset index {index} ({path}) changed since it was computed ({key} "
+                f"{old[key][:12]}… -> {value[:12]}…). Write to a new folder, or delete {f} to recompute it.")
 
 
 def _log(trainer, report: dict, out: Path, n_images: int) -> None:  # noqa: ANN001
