@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vipaint.imageio import RESIZE_POLICIES, crop_box, fit_mask, high_depth_as_float, is_high_depth, open_image
+from vipaint.imageio import RESIZE_POLICIES, fit_mask, load_image, read_image
 from vipaint.masks import FileMask, MaskGenerator, check_mask
 from vipaint.provenance import sha256_bytes, sha256_file
 
@@ -43,51 +41,6 @@ __all__ = [
 
 class DatasetNotFoundError(FileNotFoundError):
     """The configured dataset is not available on this machine."""
-
-
-def read_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
-               channels: int | None = None, resize: str = "crop"
-               ) -> tuple[Tensor, tuple[int, int], tuple[int, int, int, int] | None]:
-    """Decode an image into a float tensor [C, H, W] in [−1, 1], with the file's size (H, W) and the region
-    (left, top, right, bottom) of the file that was resized to `size` (None: kept as is); errors name
-    `where`.
-
-    8-bit images map 0..255 to [−1, 1], 16-bit ones 0..65535 (never clipped at 255); palette images go
-    through their palette. `resize` ("crop", "stretch" or "none", `vipaint.imageio.crop_box`) says how an
-    image of another aspect ratio than `size` × `size` is fitted; the same region must be used for its mask.
-    """
-    img = open_image(source, where=where)
-    width, height = img.size
-    high = is_high_depth(img)
-    if high:
-        img = high_depth_as_float(img, where=where)
-    elif channels == 1:
-        img = img.convert("L")
-    elif channels == 3 or img.mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    box = None
-    if size is not None and img.size != (size, size):
-        box = crop_box(width, height, (size, size), resize, where=where)
-        img = img.crop(box)
-        img = img.resize((size, size), Image.BICUBIC)
-    if high:
-        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)[None]
-        if channels == 3:
-            arr = np.repeat(arr, 3, axis=0)
-        x = torch.from_numpy(arr.copy()) * 2.0 - 1.0
-    else:
-        arr = np.asarray(img, dtype=np.float32)
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        x = torch.from_numpy(arr.copy()) / 127.5 - 1.0
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{where}: the image contains NaN or inf values")
-    return x, (height, width), box
-
-
-def load_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
-               channels: int | None = None, resize: str = "crop") -> Tensor:
-    """Decode an image into a float tensor [C, H, W] in [−1, 1] (`read_image` without the region)."""
-    return read_image(source, where=where, size=size, channels=channels, resize=resize)[0]
 
 
 def _inside(folder: Path, name: str) -> bool:

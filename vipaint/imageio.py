@@ -5,6 +5,7 @@
   filling the memory.
 * `to_unit_array`: any mode (1, L, P, LA, RGB, RGBA, 16-bit I;16, 32-bit I, F) to float values in [0, 1],
   16-bit images divided by 65535 (not clipped at 255).
+* `read_image` / `load_image`: an image file as a tensor [C, H, W] in [−1, 1], fitted to a square size.
 * `crop_box` / `fit_mask`: one resize policy ("none", "crop", "stretch") applied identically to an image
   and to its mask.
 """
@@ -23,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 __all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_POLICIES", "max_pixels", "open_image", "to_unit_array", "crop_box",
-           "fit_mask", "is_high_depth", "high_depth_as_float", "check_pixels"]
+           "fit_mask", "is_high_depth", "high_depth_as_float", "check_pixels", "read_image", "load_image"]
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 RESIZE_POLICIES = ("none", "crop", "stretch")
@@ -132,3 +133,48 @@ def fit_mask(mask: Tensor, box: tuple[int, int, int, int], target: tuple[int, in
         return m
     m = F.interpolate(m.to(torch.float32)[None, None], size=tuple(target), mode="nearest-exact")
     return m[0, 0] > 0.5
+
+
+def read_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
+               channels: int | None = None, resize: str = "crop"
+               ) -> tuple[Tensor, tuple[int, int], tuple[int, int, int, int] | None]:
+    """Decode an image into a float tensor [C, H, W] in [−1, 1], with the file's size (H, W) and the region
+    (left, top, right, bottom) of the file that was resized to `size` (None: kept as is); errors name
+    `where`.
+
+    8-bit images map 0..255 to [−1, 1], 16-bit ones 0..65535 (never clipped at 255); palette images go
+    through their palette. `resize` ("crop", "stretch" or "none", `vipaint.imageio.crop_box`) says how an
+    image of another aspect ratio than `size` × `size` is fitted; the same region must be used for its mask.
+    """
+    img = open_image(source, where=where)
+    width, height = img.size
+    high = is_high_depth(img)
+    if high:
+        img = high_depth_as_float(img, where=where)
+    elif channels == 1:
+        img = img.convert("L")
+    elif channels == 3 or img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    box = None
+    if size is not None and img.size != (size, size):
+        box = crop_box(width, height, (size, size), resize, where=where)
+        img = img.crop(box)
+        img = img.resize((size, size), Image.BICUBIC)
+    if high:
+        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)[None]
+        if channels == 3:
+            arr = np.repeat(arr, 3, axis=0)
+        x = torch.from_numpy(arr.copy()) * 2.0 - 1.0
+    else:
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        x = torch.from_numpy(arr.copy()) / 127.5 - 1.0
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{where}: the image contains NaN or inf values")
+    return x, (height, width), box
+
+
+def load_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
+               channels: int | None = None, resize: str = "crop") -> Tensor:
+    """Decode an image into a float tensor [C, H, W] in [−1, 1] (`read_image` without the region)."""
+    return read_image(source, where=where, size=size, channels=channels, resize=resize)[0]

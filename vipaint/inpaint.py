@@ -110,7 +110,7 @@ def _fit_file_mask(m: Tensor, image_hw: tuple[int, int], target: tuple[int, int]
 def load_pair(image: str, mask: str, *, shape: tuple[int, int, int], resize: str, invert: bool, binarize: bool
               ) -> tuple[Tensor, Tensor]:
     """The image [C, H, W] in [−1, 1] and its mask [1, H, W] in {0, 1}, both fitted to `shape` by one policy."""
-    from vipaint.data import read_image
+    from vipaint.imageio import read_image
     from vipaint.masks import FileMask, check_mask
 
     c, h, w = shape
