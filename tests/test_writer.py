@@ -185,6 +185,16 @@ def test_damaged_files_are_moved_aside_and_recomputed(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["overall"]["n"] == 4
 
 
+def test_throughput_per_rank_is_reported(tmp_path, capsys):
+    out = tmp_path / "run"
+    _run(out, num_images=3)
+    recs = json.loads((out / "throughput.json").read_text())
+    assert [(r["rank"], r["images"]) for r in recs] == [(0, 3)] and recs[0]["seconds"] > 0
+    assert re.search(r"\[vipaint\] rank 0: 3 images in [0-9.]+ s \([0-9.e+-]+ images/s\)", capsys.readouterr().out)
+    _run(out, num_images=3)                          # a resume that computes nothing
+    assert [(r["rank"], r["images"]) for r in json.loads((out / "throughput.json").read_text())] == [(0, 0)]
+
+
 def test_report_covers_exactly_the_indices_of_the_run(tmp_path):
     """Case 5: a rerun with fewer images reports those images only (it reported n = 3 for 1 image)."""
     out = tmp_path / "run"

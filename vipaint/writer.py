@@ -13,7 +13,8 @@ Resume: at setup the writer hands its `is_done` to the `InverseProblemDataModule
 yields only the indices without outputs (with another datamodule every index is computed and rewritten).
 At the end of the predict run (`teardown`, reached by every rank, also when a rank had nothing to compute),
 after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json` (means per mask type and
-overall) and an ELBO-curve plot from the files, and logs them to the logger. Since the report is built
+overall) and an ELBO-curve plot from the files, and `throughput.json` (images and seconds of each rank,
+from ranks/<rank>.json), and logs them to the logger. Since the report is built
 from files, a resumed or multi-GPU run reports every index exactly once.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -91,6 +93,9 @@ class PredictionWriter(BasePredictionWriter):
                 # no rank writes before the barrier that follows setup, so no live temporary file is removed
                 for p in clean_temporary(self.output_dir):
                     print(f"[vipaint] removed {p}, left by an interrupted run")
+                for p in (self.output_dir / "ranks").glob("*.json"):   # throughput of an earlier run
+                    p.unlink()
+            self.started, self.n_written = time.perf_counter(), 0
             check_writable(self.output_dir)
             check_method_options(pl_module)
             self.pending_settings = run_settings(pl_module, datamodule)
@@ -157,6 +162,7 @@ class PredictionWriter(BasePredictionWriter):
         p, res = prediction, prediction.result
         self.write_pending_settings()
         for b, index in enumerate(p.index.tolist()):
+            self.n_written = getattr(self, "n_written", 0) + 1     # computed by this rank (failed ones too)
             name = f"{index:06d}"
             if bool(res.failed[b]):
                 reason = res.reasons[b]
@@ -191,6 +197,17 @@ class PredictionWriter(BasePredictionWriter):
                 self._loadable(i)
         return indices
 
+    def write_rank_throughput(self, rank: int) -> None:
+        """ranks/<rank>.json: the images this rank computed (failed ones included), its wall time since
+        setup and their ratio."""
+        started = getattr(self, "started", None)
+        seconds = 0.0 if started is None else time.perf_counter() - started
+        n = getattr(self, "n_written", 0)
+        rec = {"rank": rank, "images": n, "seconds": round(seconds, 3),
+               "images_per_second": round(n / seconds, 4) if seconds > 0 else None}
+        (self.output_dir / "ranks").mkdir(exist_ok=True)
+        _atomic(self.output_dir / "ranks" / f"{rank}.json", partial(Path.write_text, data=json.dumps(rec)))
+
     def write_pending_settings(self) -> None:
         """`settings.json`, once, just before the first result is written (so a run that stops on an error
         before any result leaves the folder free for a corrected rerun)."""
@@ -204,8 +221,10 @@ class PredictionWriter(BasePredictionWriter):
         dataloader is empty, but every rank reaches `teardown`)."""
         if stage != "predict":
             return
+        self.write_rank_throughput(int(getattr(trainer, "global_rank", 0)))
         trainer.strategy.barrier()
         if trainer.is_global_zero:
+            print(rank_throughput(self.output_dir))
             report = build_report(self.output_dir, indices=self.run_indices(trainer))
             _log(trainer, report, self.output_dir, self.log_images)
             n_failed = report["overall"]["n_failed"]
@@ -285,6 +304,15 @@ def check_settings(output_dir: Path, settings: dict, *, write: bool = True) -> N
         return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     _atomic(f, partial(Path.write_text, data=json.dumps(settings, indent=1, sort_keys=True)))
+
+
+def rank_throughput(output_dir: Path) -> str:
+    """throughput.json (the ranks/<rank>.json of this run, in rank order) and its lines for the log."""
+    recs = sorted((json.loads(p.read_text()) for p in (output_dir / "ranks").glob("*.json")), key=lambda r: r["rank"])
+    _atomic(output_dir / "throughput.json", partial(Path.write_text, data=json.dumps(recs, indent=1)))
+    return "\n".join(f"[vipaint] rank {r['rank']}: {r['images']} images in {r['seconds']:.1f} s"
+                     + (f" ({r['images_per_second']:.3g} images/s)" if r["images"] and r["images_per_second"] else "")
+                     for r in recs)
 
 
 def describe_changes(old: dict, new: dict) -> str:
