@@ -104,6 +104,11 @@ def test_a_failed_first_run_leaves_its_folder_free(tmp_path):
     with pytest.raises(ValueError, match=r"option n_steps must be an integer >= 1"):
         w.setup(SimpleNamespace(datamodule=dm), bad, "predict")
     assert not (tmp_path / "run" / "settings.json").exists()
+    for kw, message in (({"n_samples": 0}, r"model.n_samples must be an integer >= 1, got 0"),
+                        ({"sigma_y": float("nan")}, r"model.sigma_y must be a finite number >= 0, got nan")):
+        with pytest.raises(ValueError, match=message):
+            w.setup(SimpleNamespace(datamodule=dm), _module(**kw), "predict")
+    assert not (tmp_path / "run" / "settings.json").exists()
     w.setup(SimpleNamespace(datamodule=dm), _module(method_options={"n_steps": 5}), "predict")   # no "other settings"
     w.write(hand_prediction())
     assert json.loads((tmp_path / "run" / "settings.json").read_text())["method_options"] == {"n_steps": 5}

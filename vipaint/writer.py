@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vipaint.api import check_options
+from vipaint.api import InputError, check_options
 from vipaint.data import InverseProblemDataModule
 from vipaint.methods import METHODS
 from vipaint.provenance import atomic_write, clean_temporary, folder_hashes, load_problem, move_aside, prior_folder
@@ -279,8 +280,15 @@ def check_writable(output_dir: Path) -> None:
 
 
 def check_method_options(pl_module) -> None:  # noqa: ANN001
-    """The module's method options against their allowed ranges (`vipaint.api.check_options`), before any
-    file is written."""
+    """The module's n_samples, sigma_y and method options against their allowed ranges
+    (`vipaint.api.check_options`), before any file is written."""
+    hp = dict(getattr(pl_module, "hparams", {}) or {})
+    n = hp.get("n_samples", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"model.n_samples must be an integer >= 1, got {n!r}")
+    sigma = hp.get("sigma_y", 0.0)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+        raise InputError(f"model.sigma_y must be a finite number >= 0, got {sigma!r}")
     method, prior = getattr(pl_module, "method", None), getattr(pl_module, "prior", None)
     if method in METHODS and prior is not None:
         check_options(method, prior, dict(getattr(pl_module, "method_options", None) or {}))
