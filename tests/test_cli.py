@@ -364,3 +364,19 @@ def test_mask_hints_name_options_the_cli_has(tmp_path):
     with pytest.raises(ValueError, match="no observed pixel.*--invert-mask"):
         load_pair(str(tmp_path / "i.png"), str(tmp_path / "black.png"), shape=(1, 16, 16), resize="none",
                   invert=False, binarize=False)
+
+
+def test_damaged_weights_are_not_reported_as_missing(tmp_path, tiny_pixel_prior, capsys):
+    """Case 9: a truncated weights file is named as damaged (with its cause), not "not found" with download
+    advice."""
+    import shutil
+
+    prior = tmp_path / "prior"
+    shutil.copytree(tiny_pixel_prior, prior)
+    weights = next(prior.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    image, mask = _non_square_pair(tmp_path)
+    code, err = _friendly(["inpaint", str(image), str(mask), "--prior", str(prior), "--resize", "crop"], capsys)
+    assert code == 2
+    assert f"PriorDamagedError: Weights for prior '{prior}': the file {weights} exists but cannot be read" in err
+    assert "damaged or truncated" in err and "caused by" in err and "hf download" not in err
