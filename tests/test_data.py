@@ -20,7 +20,7 @@ from vipaint.data import (
     PendingSampler,
     collate,
 )
-from vipaint.masks import BoxMask, HalfPlaneMask
+from vipaint.masks import BoxMask, FileMask, HalfPlaneMask
 
 N, S = 4, 16
 
@@ -319,6 +319,14 @@ def test_non_square_image_and_its_mask_get_one_geometry(tmp_path, cache):
         InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37, resize="none")[0]
     st = InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37, resize="stretch")[0]
     assert st["image"].shape == (1, 37, 37) and int((st["mask"][0] == 0).sum()) > 0
+    # the same mask as a FileMask generator (data.masks) gets the same geometry, not a squash to 37×37
+    gen = InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37,
+                                masks=[FileMask(path=str(root / "masks" / "a.png"))])[0]
+    assert torch.equal(gen["mask"], it["mask"])
+    Image.fromarray(np.full((10, 20), 255, np.uint8)).save(tmp_path / "other.png")
+    with pytest.raises(ValueError, match=r"mask file .*other\.png\): the mask is 20×10 \(W×H\), another aspect"):
+        InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37,
+                              masks=[FileMask(path=str(tmp_path / "other.png"))])[0]
 
 
 @pytest.mark.parametrize(("kw", "message"), [
