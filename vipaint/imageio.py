@@ -3,8 +3,8 @@
 * `open_image`: the pixel count is checked from the file's header before decoding (`max_pixels`, env
   `VIPAINT_MAX_PIXELS`), so a small file of huge dimensions is refused with a clear message instead of
   filling the memory.
-* `to_unit_array`: any mode (1, L, P, LA, RGB, RGBA, 16-bit I;16, 32-bit I, F) to float values in [0, 1],
-  16-bit images divided by 65535 (not clipped at 255).
+* `high_depth_as_float`: 16-bit and 32-bit grey images (I;16, I) as floats in [0, 1], divided by 65535
+  (PIL's conversion to "L" would clip them at 255).
 * `read_image` / `load_image`: an image file as a tensor [C, H, W] in [−1, 1], fitted to a square size.
 * `crop_box` / `fit_mask`: one resize policy ("none", "crop", "stretch") applied identically to an image
   and to its mask.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_POLICIES", "max_pixels", "open_image", "to_unit_array", "crop_box",
+__all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_POLICIES", "max_pixels", "open_image", "crop_box",
            "fit_mask", "is_high_depth", "high_depth_as_float", "check_pixels", "read_image", "load_image"]
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -94,12 +94,6 @@ def high_depth_as_float(img: Image.Image, *, where: str) -> Image.Image:
     if lo < 0 or hi > 65535:
         raise ValueError(f"{where}: a {img.mode} image must hold values in [0, 65535], got [{lo:g}, {hi:g}]")
     return Image.fromarray(arr / np.float32(65535.0), mode="F")
-
-
-def to_unit_array(img: Image.Image) -> np.ndarray:
-    """The pixels of an 8-bit ("L"/"RGB"/...) or "F" image as float64 [H, W] or [H, W, C] in [0, 1]."""
-    arr = np.asarray(img, dtype=np.float64)
-    return arr if img.mode == "F" else arr / 255.0
 
 
 def crop_box(width: int, height: int, target: tuple[int, int], policy: str, *, where: str
