@@ -23,12 +23,16 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_POLICIES", "max_pixels", "open_image", "crop_box",
-           "fit_mask", "is_high_depth", "high_depth_as_float", "check_pixels", "read_image", "load_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_POLICIES", "ImageTooLargeError", "max_pixels", "open_image",
+           "crop_box", "fit_mask", "is_high_depth", "high_depth_as_float", "check_pixels", "read_image", "load_image"]
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 RESIZE_POLICIES = ("none", "crop", "stretch")
 _HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageTooLargeError(ValueError):
+    """An image or array file has more pixels than `max_pixels()` (checked before decoding)."""
 
 
 def max_pixels() -> int:
@@ -49,8 +53,9 @@ def check_pixels(width: int, height: int, *, where: str) -> None:
     """Raise if width × height exceeds `max_pixels()`."""
     limit = max_pixels()
     if width * height > limit:
-        raise ValueError(f"{where}: the image is {width}×{height} = {width * height} pixels, more than the limit of "
-                         f"{limit} pixels; shrink the file, or raise the limit with VIPAINT_MAX_PIXELS")
+        raise ImageTooLargeError(f"{where}: the image is {width}×{height} = {width * height} pixels, more than the "
+                                 f"limit of {limit} pixels; shrink the file, or raise the limit with "
+                                 "VIPAINT_MAX_PIXELS")
 
 
 def open_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image, *, where: str) -> Image.Image:

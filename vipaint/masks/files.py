@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from vipaint.imageio import check_pixels, max_pixels
+from vipaint.imageio import ImageTooLargeError, check_pixels, max_pixels
 from vipaint.masks.base import MaskGenerator
 
 __all__ = ["FileMask"]
@@ -26,8 +26,9 @@ def _check_array_size(shape: tuple[int, ...], file: str) -> None:
     if len(shape) == 3 and min(shape[0], shape[-1]) <= 4:   # [H, W, C] or [C, H, W]
         n //= max(1, min(shape[0], shape[-1]))
     if n > max_pixels():
-        raise ValueError(f"FileMask: mask file '{file}' holds an array of shape {tuple(shape)}, more than the "
-                         f"limit of {max_pixels()} pixels; shrink it, or raise the limit with VIPAINT_MAX_PIXELS")
+        raise ImageTooLargeError(f"FileMask: mask file '{file}' holds an array of shape {tuple(shape)}, more than "
+                                 f"the limit of {max_pixels()} pixels; shrink it, or raise the limit with "
+                                 "VIPAINT_MAX_PIXELS")
 
 
 class FileMask(MaskGenerator):
@@ -105,11 +106,8 @@ class FileMask(MaskGenerator):
                     if img.mode not in ("1", "L") and not img.mode.startswith(("I", "F")):
                         img = img.convert("L")
                     arr = np.asarray(img)
-        except ValueError as e:
-            if "VIPAINT_MAX_PIXELS" in str(e):   # the size check: its message is complete
-                raise
-            raise ValueError(f"FileMask: cannot read mask file '{file}' ({type(e).__name__}: {e}); replace it "
-                             "with a valid PNG/JPG image or .npy/.npz array") from e
+        except ImageTooLargeError:   # the size check: its message is complete
+            raise
         except Exception as e:  # noqa: BLE001 - any decoder error means the file is unusable
             raise ValueError(f"FileMask: cannot read mask file '{file}' ({type(e).__name__}: {e}); replace it "
                              "with a valid PNG/JPG image or .npy/.npz array") from e
