@@ -236,3 +236,147 @@ def test_every_experiment_yaml_parses(path, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     writers = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("PredictionWriter")]
     assert len(writers) == 1 and "{method}" in writers[0]["init_args"]["output_dir"]
+
+
+# -- issue 22: `vipaint inpaint` inputs, outputs and error presentation -------------------------------------
+
+def _non_square_pair(tmp_path: Path) -> tuple[Path, Path]:
+    img = np.zeros((37, 100), np.uint8)
+    mask = np.full((37, 100), 255, np.uint8)
+    img[10:20, 40:50] = 255          # a bright square, exactly the hole
+    mask[10:20, 40:50] = 0
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    Image.fromarray(mask).save(tmp_path / "wide_mask.png")
+    return tmp_path / "wide.png", tmp_path / "wide_mask.png"
+
+
+def test_inpaint_non_square_image_and_mask_share_one_geometry(tmp_path):
+    """Case 1: the 100×37 image and its 100×37 mask get the same crop and resize (--resize crop), so the
+    hole stays on its content; without --resize the aspect mismatch is an error, not a silent crop."""
+    from vipaint.inpaint import load_pair
+
+    image, mask = _non_square_pair(tmp_path)
+    with pytest.raises(ValueError, match=r"100×37 \(W×H\) but 32×32 is needed.*'crop'"):
+        load_pair(str(image), str(mask), shape=(1, 32, 32), resize="none", invert=False, binarize=False)
+    x, m = load_pair(str(image), str(mask), shape=(1, 32, 32), resize="crop", invert=False, binarize=False)
+    hole, bright = m[0] == 0, x[0] > 0.9
+    assert x.shape == (1, 32, 32) and m.shape == (1, 32, 32)
+    assert int(hole.sum()) > 0 and bool((hole == bright).all())
+    with pytest.raises(ValueError, match=r"mask is 50×37 \(W×H\) but the image is 100×37"):
+        from PIL import Image
+
+        Image.fromarray(np.full((37, 50), 255, np.uint8)).save(tmp_path / "half.png")
+        load_pair(str(image), str(tmp_path / "half.png"), shape=(1, 32, 32), resize="crop", invert=False,
+                  binarize=False)
+
+
+def test_inpaint_16bit_image_keeps_its_range(tmp_path):
+    """Case 2 through `vipaint inpaint`'s loader: a 16-bit image is rescaled, not clipped."""
+    from PIL import Image
+
+    from vipaint.inpaint import load_pair
+
+    ramp = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    Image.fromarray(ramp).save(tmp_path / "i16.png")
+    m = np.full((32, 32), 255, np.uint8)
+    m[8:16, 8:16] = 0
+    Image.fromarray(m).save(tmp_path / "m.png")
+    x, _ = load_pair(str(tmp_path / "i16.png"), str(tmp_path / "m.png"), shape=(1, 32, 32), resize="none",
+                     invert=False, binarize=False)
+    expect = ramp.astype(np.float64) / 65535 * 2 - 1
+    assert np.abs(x[0].numpy() - expect).max() < 1e-5
+
+
+def _friendly(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv, friendly_errors=True)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_inpaint_refuses_to_overwrite_its_input_before_computing(tmp_path, capsys):
+    """Case 6: --out equal to the input image (or its mask) is refused; the input is untouched. The prior
+    path does not exist: the check comes before anything is loaded."""
+    image, mask = _non_square_pair(tmp_path)
+    before = image.read_bytes()
+    for out in (image, mask):
+        code, err = _friendly(["inpaint", str(image), str(mask), "--prior", str(tmp_path / "no-prior"),
+                               "--out", str(out)], capsys)
+        assert code == 2 and f"would overwrite the input {out}" in err
+    assert image.read_bytes() == before
+    code, err = _friendly(["inpaint", str(image), str(mask), "--prior", "x", "--out", str(tmp_path / "r.xyz")], capsys)
+    assert code == 2 and "unknown image format '.xyz'" in err
+
+
+def test_user_errors_are_one_line_with_exit_2_and_tracebacks_on_request(tmp_path, capsys, monkeypatch):
+    """Case 9: a user error prints `vipaint <cmd>: error: ...` (no traceback) and exits 2; --debug or
+    VIPAINT_DEBUG=1 re-raises it; option errors name the option and its range."""
+    image, mask = _non_square_pair(tmp_path)
+    code, err = _friendly(["inpaint", str(image), str(tmp_path / "missing.png"), "--prior", "x"], capsys)
+    assert code == 2 and "Traceback" not in err
+    missing = tmp_path / "missing.png"
+    assert err.splitlines()[0] == f"vipaint inpaint: error: FileNotFoundError: mask file '{missing}' does not exist"
+    with pytest.raises(FileNotFoundError):
+        main(["inpaint", str(image), str(tmp_path / "missing.png"), "--prior", "x", "--debug"], friendly_errors=True)
+    monkeypatch.setenv("VIPAINT_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["inpaint", str(image), str(tmp_path / "missing.png"), "--prior", "x"], friendly_errors=True)
+    monkeypatch.delenv("VIPAINT_DEBUG")
+    for flag, value in (("--samples", "0"), ("--iterations", "2.5"), ("--sigma-y", "nan")):
+        code, err = _friendly(["inpaint", str(image), str(mask), "--prior", "x", flag, value], capsys)
+        assert code == 2 and f"argument {flag}: must be" in err and ">= " in err
+
+
+def test_wrapped_errors_keep_their_cause():
+    from vipaint.cli import describe_error
+
+    try:
+        try:
+            raise KeyError("weights.safetensors is truncated")
+        except KeyError as inner:
+            raise ValueError("cannot load the prior") from inner
+    except ValueError as err:
+        text = describe_error(err)
+    assert text == "ValueError: cannot load the prior\n  caused by KeyError: 'weights.safetensors is truncated'"
+
+
+def test_mask_hints_name_options_the_cli_has(tmp_path):
+    """Case 9: the hints for a grey or an inverted mask name --binarize-mask / --invert-mask, which exist."""
+    from PIL import Image
+
+    from vipaint.inpaint import build_parser, load_pair
+
+    options = build_parser().format_help()
+    assert "--binarize-mask" in options and "--invert-mask" in options
+    img = np.zeros((16, 16), np.uint8)
+    Image.fromarray(img).save(tmp_path / "i.png")
+    grey = np.full((16, 16), 200, np.uint8)
+    grey[4:8, 4:8] = 30
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    with pytest.raises(ValueError, match="not binary.*--binarize-mask"):
+        load_pair(str(tmp_path / "i.png"), str(tmp_path / "grey.png"), shape=(1, 16, 16), resize="none",
+                  invert=False, binarize=False)
+    _, m = load_pair(str(tmp_path / "i.png"), str(tmp_path / "grey.png"), shape=(1, 16, 16), resize="none",
+                     invert=False, binarize=True)
+    assert int((m == 0).sum()) == 16
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "black.png")
+    with pytest.raises(ValueError, match="no observed pixel.*--invert-mask"):
+        load_pair(str(tmp_path / "i.png"), str(tmp_path / "black.png"), shape=(1, 16, 16), resize="none",
+                  invert=False, binarize=False)
+
+
+def test_damaged_weights_are_not_reported_as_missing(tmp_path, tiny_pixel_prior, capsys):
+    """Case 9: a truncated weights file is named as damaged (with its cause), not "not found" with download
+    advice."""
+    import shutil
+
+    prior = tmp_path / "prior"
+    shutil.copytree(tiny_pixel_prior, prior)
+    weights = next(prior.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    image, mask = _non_square_pair(tmp_path)
+    code, err = _friendly(["inpaint", str(image), str(mask), "--prior", str(prior), "--resize", "crop"], capsys)
+    assert code == 2
+    assert f"PriorDamagedError: Weights for prior '{prior}': the file {weights} exists but cannot be read" in err
+    assert "damaged or truncated" in err and "caused by" in err and "hf download" not in err

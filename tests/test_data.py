@@ -20,7 +20,7 @@ from vipaint.data import (
     PendingSampler,
     collate,
 )
-from vipaint.masks import BoxMask, HalfPlaneMask
+from vipaint.masks import BoxMask, FileMask, HalfPlaneMask
 
 N, S = 4, 16
 
@@ -97,10 +97,10 @@ def test_channels_and_num_images(folder, cache):
     ds8 = InverseProblemDataset(source=str(folder), cache_dir=cache, image_size=8, masks=[BoxMask()])
     it8 = ds8[0]
     assert it8["image"].shape == (1, 8, 8) and it8["mask"].shape == (1, 8, 8)
-    # file masks are not resized: a clear error instead of a silent misalignment
+    # file masks of the image's size get the image's geometry (nearest neighbour)
     ds8f = InverseProblemDataset(source=str(folder), cache_dir=cache, image_size=8)
-    with pytest.raises(ValueError, match=r"dataset index 0 \(mask file .*000\.png\).*does not match image size"):
-        ds8f[0]
+    full = InverseProblemDataset(source=str(folder), cache_dir=cache)[0]["mask"]
+    assert torch.equal(ds8f[0]["mask"], full[:, 1::2, 1::2])
 
 
 def test_generators_product(folder, cache):
@@ -154,7 +154,7 @@ def bad_ds(bad_folder, cache) -> InverseProblemDataset:
 
 
 @pytest.mark.parametrize("k, pattern", [
-    (1, r"mask size \(8, 8\) does not match image size \(16, 16\)"),
+    (1, r"mask size \(8, 8\) matches neither its image's file size \(16, 16\) nor the size \(16, 16\)"),
     (2, r"not binary"),
     (3, r"no observed pixel"),
     (4, r"no hole"),
@@ -228,8 +228,9 @@ def test_datamodule_yields_only_pending_indices(folder, cache):
     assert [it["index"] for it in full] == list(range(6))
     calls = []
 
-    def done(k, *, path, mask):
+    def done(k, *, path, mask, fingerprint):
         calls.append((k, Path(path).name, mask))
+        assert set(fingerprint) == {"image_sha256"}             # generated masks: the settings determine them
         return k in (0, 2, 3)
 
     dm.skip_done(done)
@@ -262,7 +263,7 @@ def test_pending_sampler_shares():
 def test_done_predicate_errors_propagate(folder, cache):
     dm = InverseProblemDataModule(str(folder), masks=[BoxMask()], num_images=2, cache_dir=cache)
 
-    def done(k, *, path, mask):
+    def done(k, *, path, mask, fingerprint):
         raise RuntimeError(f"index {k} is now another image")
 
     dm.skip_done(done)
@@ -293,3 +294,85 @@ def _items(batch: dict) -> list[dict]:
     """A collated batch back to its items."""
     return [{k: v[b] for k, v in batch.items()} | {"index": int(batch["index"][b])}
             for b in range(len(batch["index"]))]
+
+
+# -- issue 22: geometry, range and size of image files ----------------------------------------------------
+
+def test_non_square_image_and_its_mask_get_one_geometry(tmp_path, cache):
+    """Case 1: a 100×37 image with its own 100×37 mask: the mask gets the image's centre crop and resize,
+    so the hole stays on the same content."""
+    root = tmp_path / "ns"
+    (root / "masks").mkdir(parents=True)
+    img = np.zeros((37, 100), np.uint8)
+    mask = np.full((37, 100), 255, np.uint8)
+    img[10:20, 40:50] = 255          # a bright square, exactly the hole
+    mask[10:20, 40:50] = 0
+    Image.fromarray(img).save(root / "a.png")
+    Image.fromarray(mask).save(root / "masks" / "a.png")
+    (root / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "mask_file_name": "masks/a.png"}) + "\n")
+    it = InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37)[0]
+    hole = it["mask"][0] == 0
+    assert it["image"].shape == (1, 37, 37) and int(hole.sum()) == 100
+    assert bool((it["image"][0][hole] == 1).all())                       # the hole covers the bright square
+    assert int((it["image"][0] == 1).sum()) == 100
+    with pytest.raises(ValueError, match=r"100×37 \(W×H\) but 37×37 is needed.*'crop'.*'stretch'"):
+        InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37, resize="none")[0]
+    st = InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37, resize="stretch")[0]
+    assert st["image"].shape == (1, 37, 37) and int((st["mask"][0] == 0).sum()) > 0
+    # the same mask as a FileMask generator (data.masks) gets the same geometry, not a squash to 37×37
+    gen = InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37,
+                                masks=[FileMask(path=str(root / "masks" / "a.png"))])[0]
+    assert torch.equal(gen["mask"], it["mask"])
+    Image.fromarray(np.full((10, 20), 255, np.uint8)).save(tmp_path / "other.png")
+    with pytest.raises(ValueError, match=r"mask file .*other\.png\): the mask is 20×10 \(W×H\), another aspect"):
+        InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37,
+                              masks=[FileMask(path=str(tmp_path / "other.png"))])[0]
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"num_images": -1}, r"data.num_images must be an integer >= 1 or None, got -1"),
+    ({"num_images": 0}, r"data.num_images must be an integer >= 1"),
+    ({"batch_size": 0}, r"data.batch_size must be an integer >= 1, got 0"),
+    ({"image_size": 2.5}, r"data.image_size must be an integer >= 1 or None"),
+    ({"channels": 2}, r"data.channels must be 1, 3 or None, got 2"),
+    ({"resize": "squash"}, r"data.resize must be one of \('none', 'crop', 'stretch'\)"),
+])
+def test_datamodule_options_are_checked(kw, message):
+    with pytest.raises(ValueError, match=message):
+        InverseProblemDataModule("prior", **kw)
+
+
+def _meta_folder(root: Path, lines: list[str]) -> Path:
+    (root / "masks").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((S, S), np.uint8)).save(root / name)
+        Image.fromarray(_box_mask()).save(root / "masks" / name)
+    (root / "metadata.jsonl").write_text("".join(line + "\n" for line in lines))
+    return root
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ([], r"metadata\.jsonl lists no images"),
+    (["", "  "], r"metadata\.jsonl lists no images"),
+    (['{"file_name": "a.png", "mask_file_name": "masks/a.png"}', '{"file_name": "b.png",'],
+     r"metadata\.jsonl, line 2: malformed JSON"),
+    (['{"file_name": "a.png", "mask_file_name": "../outside.png"}'],
+     r"metadata\.jsonl, line 1: mask_file_name '\.\./outside\.png' points outside the folder"),
+    (['{"file_name": "a.png", "mask_file_name": "/etc/hostname"}'],
+     r"line 1: mask_file_name '/etc/hostname' points outside"),
+    (['{"file_name": "a.png", "mask_file_name": "masks/zz.png"}'],
+     r"line 1: mask_file_name 'masks/zz\.png' does not exist"),
+    (['{"file_name": "a.png", "mask_file_name": "masks/a.png"}',
+      '{"file_name": "b.png", "mask_file_name": "masks/b.png"}',
+      '{"file_name": "a.png", "mask_file_name": "masks/b.png"}'],
+     r"line 3: file_name 'a\.png' is listed again \(first on line 1\)"),
+    (['["a.png"]'], r'line 1: expected a JSON object with a "file_name" string'),
+])
+def test_metadata_errors_name_the_file_and_line(tmp_path, cache, lines, message):
+    """Issue 22 cases 5 and 9: an empty metadata.jsonl, malformed JSON, a mask path escaping the folder and a
+    file listed twice are clear errors (not an IndexError, a generic Hub message, or a double count)."""
+    (tmp_path / "outside.png").write_bytes(b"")
+    root = _meta_folder(tmp_path / "d", lines)
+    with pytest.raises(ValueError, match=message) as info:
+        InverseProblemDataset(source=str(root), cache_dir=cache)
+    assert "Hub" not in str(info.value)

@@ -318,3 +318,25 @@ def test_file_mask_list_order_and_channels_first(tmp_path) -> None:
     fm = FileMask(path=files)  # a list keeps its order (it may be aligned with a dataset)
     assert torch.equal(fm(index=0, seed=0, size=(8, 8))[0], torch.from_numpy(a > 0).float())
     assert torch.equal(fm(index=1, seed=0, size=(8, 8))[0], torch.from_numpy(a == 0).float())
+
+
+def test_mask_size_limit_is_checked_before_decoding(tmp_path, monkeypatch):
+    """Issue 22 case 10: a small file of huge dimensions (a 13000² PNG was 5 GB of memory) is refused from
+    its header, for images and arrays alike."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 13000, 13000, 1, 0, 0, 0, 0))
+                    + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=r"big\.png'?: the image is 13000×13000 = 169000000 pixels.*MAX_PIXELS"):
+        FileMask(path=str(big))(index=0, seed=0, size=(8, 8))
+    monkeypatch.setenv("VIPAINT_MAX_PIXELS", "100")
+    np.save(tmp_path / "m.npy", np.ones((20, 20), np.uint8))
+    np.savez(tmp_path / "m.npz", mask=np.ones((20, 20), np.uint8))
+    for name in ("m.npy", "m.npz"):
+        with pytest.raises(ValueError, match=rf"{name}' holds an array of shape \(20, 20\), more than the limit of 1"):
+            FileMask(path=str(tmp_path / name))(index=0, seed=0, size=(8, 8))

@@ -4,7 +4,9 @@ Trainer on an analytic prior that recomputes exactly the missing indices, bit-id
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from types import SimpleNamespace
 
 import lightning as L
@@ -86,10 +88,30 @@ def test_setup_resolves_folder_checks_settings_and_hands_is_done_to_the_datamodu
     dm = InverseProblemDataModule("prior", num_images=2, masks=[BoxMask()])
     w.setup(SimpleNamespace(datamodule=dm), _module(sigma_y=0.1), "predict")
     assert w.output_dir == tmp_path / "exp" / "ddnm"
+    assert not (w.output_dir / "settings.json").exists()              # written with the first result only
+    w.write(hand_prediction())
     assert json.loads((w.output_dir / "settings.json").read_text())["module"]["sigma_y"] == 0.1
     assert dm.done == w.is_done
     with pytest.raises(RuntimeError, match="other settings.*sigma_y"):
         w.setup(SimpleNamespace(datamodule=dm), _module(sigma_y=0.2), "predict")
+
+
+def test_a_failed_first_run_leaves_its_folder_free(tmp_path):
+    """Issue 22 case 7: a run stopped by a bad option writes no settings.json, so the corrected rerun starts."""
+    w = PredictionWriter(str(tmp_path / "run"))
+    dm = InverseProblemDataModule("prior", num_images=2, masks=[BoxMask()])
+    bad = _module(method_options={"n_steps": 0})
+    with pytest.raises(ValueError, match=r"option n_steps must be an integer >= 1"):
+        w.setup(SimpleNamespace(datamodule=dm), bad, "predict")
+    assert not (tmp_path / "run" / "settings.json").exists()
+    for kw, message in (({"n_samples": 0}, r"model.n_samples must be an integer >= 1, got 0"),
+                        ({"sigma_y": float("nan")}, r"model.sigma_y must be a finite number >= 0, got nan")):
+        with pytest.raises(ValueError, match=message):
+            w.setup(SimpleNamespace(datamodule=dm), _module(**kw), "predict")
+    assert not (tmp_path / "run" / "settings.json").exists()
+    w.setup(SimpleNamespace(datamodule=dm), _module(method_options={"n_steps": 5}), "predict")   # no "other settings"
+    w.write(hand_prediction())
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["method_options"] == {"n_steps": 5}
 
 
 def test_teardown_builds_the_report_after_a_barrier(tmp_path):
@@ -141,3 +163,124 @@ def test_resume_recomputes_exactly_the_missing_indices(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["overall"]["n"] == 4
     assert all((out / "metrics" / f"{s}.json").stat().st_mtime_ns == t for s, t in mtimes.items()
                if s not in ("000001", "000002"))
+
+
+# -- issue 22: provenance, reports of the current run, recovery ------------------------------------------
+
+def test_damaged_files_are_moved_aside_and_recomputed(tmp_path, capsys):
+    """Case 8: a truncated .npz and an empty metrics .json are named, moved to corrupt/ and recomputed
+    bit-identically; leftover temporary files are removed; the report does not crash."""
+    out = tmp_path / "run"
+    _run(out)
+    first = {p.stem: np.load(p)["samples"] for p in sorted((out / "samples").glob("*.npz"))}
+    npz = out / "samples" / "000001.npz"
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    (out / "metrics" / "000002.json").write_text("")
+    (out / "panels" / "000003.png.tmp12345").write_bytes(b"half a panel")
+    capsys.readouterr()
+    _run(out)
+    text = capsys.readouterr().out
+    assert re.search(r"samples/000001\.npz does not load \(BadZipFile.*moved to .*corrupt.*index 1 is recomputed", text)
+    assert re.search(r"metrics/000002\.json does not load \(JSONDecodeError.*index 2 is recomputed", text)
+    assert "000003.png.tmp12345, left by an interrupted run" in text
+    assert "2 of 4 indices already done, 2 to compute" in text
+    assert not list(out.rglob("*.tmp*")) and len(list((out / "corrupt").iterdir())) == 2
+    for stem, s in first.items():
+        np.testing.assert_array_equal(np.load(out / "samples" / f"{stem}.npz")["samples"], s)
+    assert json.loads((out / "metrics.json").read_text())["overall"]["n"] == 4
+
+
+def test_throughput_per_rank_is_reported(tmp_path, capsys):
+    out = tmp_path / "run"
+    _run(out, num_images=3)
+    recs = json.loads((out / "throughput.json").read_text())
+    assert [(r["rank"], r["images"]) for r in recs] == [(0, 3)] and recs[0]["seconds"] > 0
+    assert re.search(r"\[vipaint\] rank 0: 3 images in [0-9.]+ s \([0-9.e+-]+ images/s\)", capsys.readouterr().out)
+    _run(out, num_images=3)                          # a resume that computes nothing
+    assert [(r["rank"], r["images"]) for r in json.loads((out / "throughput.json").read_text())] == [(0, 0)]
+
+
+def test_report_covers_exactly_the_indices_of_the_run(tmp_path):
+    """Case 5: a rerun with fewer images reports those images only (it reported n = 3 for 1 image)."""
+    out = tmp_path / "run"
+    _run(out, num_images=3)
+    _run(out, num_images=1)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["overall"]["n"] == 1
+    assert [r["index"] for r in csv.DictReader(open(out / "metrics.csv"))] == ["0"]
+
+
+class _PathPrior(SimpleNamespace):
+    pass
+
+
+def test_settings_record_prior_file_hashes_and_name_the_changed_file(tmp_path):
+    """Case 3: the prior's weights changing under the same path stops the rerun, naming the file."""
+    from vipaint.writer import SettingsMismatchError, check_settings, run_settings
+
+    prior = tmp_path / "prior"
+    (prior / "unet").mkdir(parents=True)
+    (prior / "unet" / "config.json").write_text("{}")
+    (prior / "unet" / "model.safetensors").write_bytes(b"weights A")
+    module = SimpleNamespace(method="ddnm", method_options={}, hparams={}, prior=_PathPrior(path=str(prior)))
+    settings = run_settings(module)
+    assert set(settings["prior"]["files_sha256"]) == {"unet/config.json", "unet/model.safetensors"}
+    check_settings(tmp_path / "run", settings)
+    check_settings(tmp_path / "run", run_settings(module))                  # same files: fine
+    (prior / "unet" / "model.safetensors").write_bytes(b"weights B")
+    with pytest.raises(SettingsMismatchError, match=r"prior file unet/model\.safetensors: changed"):
+        check_settings(tmp_path / "run", run_settings(module))
+    # a folder written before the hashes were recorded still resumes
+    old = {**settings, "prior": {k: v for k, v in settings["prior"].items() if k != "files_sha256"}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "settings.json").write_text(json.dumps(old))
+    check_settings(tmp_path / "old", run_settings(module))
+
+
+def test_changed_image_or_mask_file_stops_the_rerun(tmp_path):
+    """Case 3: image or mask files changing under the same names stop the rerun, naming what changed."""
+    from tests.test_data import make_folder
+    from vipaint.writer import SettingsMismatchError
+
+    folder = make_folder(tmp_path / "data", n=2)
+    dm = InverseProblemDataModule(str(folder), num_images=2, cache_dir=str(tmp_path / "cache"))
+    w = PredictionWriter(str(tmp_path / "run"))
+    dm.setup("predict")
+    ds = dm.full_dataset()
+    pred = hand_prediction(indices=(0, 1), failed=(False, False))
+    pred.mask_name = ["file", "file"]
+    w.write(pred, fingerprints=[ds.fingerprint(0), ds.fingerprint(1)])
+    rec = json.loads((tmp_path / "run" / "metrics" / "000000.json").read_text())
+    assert set(rec) >= {"image_sha256", "mask_sha256"}
+    dm.skip_done(w.is_done)
+    assert dm.pending() == []
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "masks" / "001.png")
+    with pytest.raises(SettingsMismatchError, match=r"the mask file of dataset index 1 .*changed since it was"):
+        dm.pending()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "000.png")
+    with pytest.raises(SettingsMismatchError, match=r"the image file of dataset index 0 \(.*000\.png\) changed"):
+        dm.pending()
+
+
+def test_a_read_only_results_folder_stops_before_computing(tmp_path, monkeypatch):
+    import os
+
+    w = PredictionWriter(str(tmp_path / "run"))
+    dm = InverseProblemDataModule("prior", num_images=2, masks=[BoxMask()])
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("metrics") else real(p, mode))
+    with pytest.raises(PermissionError, match=r"results folder .*run/metrics is not a writable folder"):
+        w.setup(SimpleNamespace(datamodule=dm), _module(), "predict")
+
+
+def test_atomic_writes_are_fsynced(tmp_path, monkeypatch):
+    import os
+
+    from vipaint.provenance import atomic_write
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    atomic_write(tmp_path / "a.json", lambda p: p.write_text("{}"))
+    assert (tmp_path / "a.json").read_text() == "{}" and len(synced) == 2     # the file, then its folder
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

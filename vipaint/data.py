@@ -10,19 +10,20 @@ dataset index, from which every per-image seed derives, so a resumed run compute
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vipaint.masks import MaskGenerator, check_mask
+from vipaint.imageio import RESIZE_POLICIES, crop_box, fit_mask, load_image, read_image
+from vipaint.masks import FileMask, MaskGenerator, check_mask
+from vipaint.provenance import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     from vipaint.priors.base import Prior
@@ -32,7 +33,9 @@ __all__ = [
     "InverseProblemDataModule",
     "InverseProblemDataset",
     "PendingSampler",
+    "check_metadata",
     "load_image",
+    "read_image",
 ]
 
 
@@ -40,52 +43,80 @@ class DatasetNotFoundError(FileNotFoundError):
     """The configured dataset is not available on this machine."""
 
 
-def load_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,
-               channels: int | None = None) -> Tensor:
-    """Decode an image into a float tensor [C, H, W] in [−1, 1]; errors name `where`."""
+def _inside(folder: Path, name: str) -> bool:
+    """Whether the relative path `name` stays inside `folder` (no absolute path, no `..` out of it)."""
+    if Path(name).is_absolute():
+        return False
+    return (folder / name).resolve().is_relative_to(folder.resolve())
+
+
+def check_metadata(meta: Path) -> None:
+    """Check an image folder's `metadata.jsonl` before `datasets` reads it, with errors naming the file and
+    line: not empty, one JSON object per line with a `file_name`, paths inside the folder and existing,
+    no file listed twice."""
+    folder = meta.parent
+    first: dict[str, int] = {}
+    lines = meta.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{meta}, line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); write one JSON object "
+                             'per line, e.g. {"file_name": "000.png", "mask_file_name": "masks/000.png"}') from None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise ValueError(f'{where}: expected a JSON object with a "file_name" string, got {line.strip()[:100]}')
+        for col in ("file_name", "mask_file_name"):
+            name = row.get(col)
+            if name is None:
+                continue
+            if not isinstance(name, str) or not _inside(folder, name):
+                raise ValueError(f"{where}: {col} {name!r} points outside the folder {folder}; give a path relative "
+                                 "to the folder, inside it")
+            if not (folder / name).is_file():
+                raise ValueError(f"{where}: {col} {name!r} does not exist in {folder}")
+        key = str(Path(row["file_name"]))
+        if key in first:
+            raise ValueError(f"{where}: file_name {row['file_name']!r} is listed again (first on line {first[key]}); "
+                             "each image must appear once")
+        first[key] = n
+    if not first:
+        raise ValueError(f"{meta} lists no images; write one JSON object per line "
+                         '({"file_name": ..., "mask_file_name": ...}) or delete the file')
+
+
+def _load_hub(datasets, source: str, split: str, cache_dir: str | None):  # noqa: ANN001, ANN202
+    if source.startswith((".", "/", "~", "data/")):
+        raise DatasetNotFoundError(
+            f"dataset folder '{source}' does not exist. Create it with images (and an optional "
+            f"metadata.jsonl with mask_file_name/class_id columns), or set data.source.")
     try:
-        img = source if isinstance(source, Image.Image) else Image.open(source)
-        img.load()
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{where}: cannot read the image ({err}); replace or remove the file") from err
-    if channels == 1:
-        img = img.convert("L")
-    elif channels == 3 or img.mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    if size is not None and img.size != (size, size):
-        w, h = img.size
-        s = min(w, h)
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        img = img.resize((size, size), Image.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    x = torch.from_numpy(arr.copy()) / 127.5 - 1.0
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{where}: the image contains NaN or inf values")
-    return x
-
-
-def _load_hf(source: str, split: str, cache_dir: str | None):
-    import datasets
-
-    local = Path(source).expanduser()
-    try:
-        if local.exists():
-            ds = datasets.load_dataset("imagefolder", data_dir=str(local), cache_dir=cache_dir)
-        else:
-            if source.startswith((".", "/", "~", "data/")):
-                raise DatasetNotFoundError(
-                    f"dataset folder '{source}' does not exist. Create it with images (and an optional "
-                    f"metadata.jsonl with mask_file_name/class_id columns), or set data.source.")
-            ds = {split: datasets.load_dataset(source, split=split, cache_dir=cache_dir)}  # only that split
-    except DatasetNotFoundError:
-        raise
+        return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
     except Exception as err:  # datasets raises many types offline (ConnectionError, FileNotFoundError...)
         raise DatasetNotFoundError(
             f"dataset '{source}' could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:300]}).\n"
             f"  * Hub datasets need a network or a filled cache ($HF_HOME / HF_DATASETS_CACHE); with "
             f"HF_DATASETS_OFFLINE=1 nothing is downloaded.\n  * Or download the images elsewhere, copy "
             f"them into a folder and set data.source to that folder.") from err
+
+
+def _load_hf(source: str, split: str, cache_dir: str | None):
+    import datasets
+
+    local = Path(source).expanduser()
+    if local.is_dir():
+        for meta in sorted(local.rglob("metadata.jsonl")):
+            check_metadata(meta)
+    if local.exists():
+        try:
+            ds = datasets.load_dataset("imagefolder", data_dir=str(local), cache_dir=cache_dir)
+        except Exception as err:  # noqa: BLE001 - a local folder: name it, no Hub advice
+            raise ValueError(f"image folder '{source}' could not be loaded ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:300] if str(err) else ''})") from err
+    else:
+        ds = {split: _load_hub(datasets, source, split, cache_dir)}   # only that split
     if split not in ds:
         if len(ds) == 1:
             split = next(iter(ds))
@@ -104,9 +135,10 @@ class InverseProblemDataset(Dataset):
 
     def __init__(self, *, source: str, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = None, image_size: int | None = None, channels: int | None = None,
-                 seed: int = 0, cache_dir: str | None = None, prior_samples: Tensor | None = None) -> None:
+                 seed: int = 0, cache_dir: str | None = None, prior_samples: Tensor | None = None,
+                 resize: str = "crop") -> None:
         self.source, self.masks, self.seed = source, list(masks or []), seed
-        self.image_size, self.channels = image_size, channels
+        self.image_size, self.channels, self.resize = image_size, channels, resize
         self.prior_samples = prior_samples
         if prior_samples is not None:
             self.table = None
@@ -139,6 +171,22 @@ class InverseProblemDataset(Dataset):
         path = f"prior sample {i}" if self.table is None else self._cell(self.table[i], "image")[1]
         return path, (self.masks[g].name if self.masks else "file")
 
+    def fingerprint(self, k: int) -> dict[str, str]:
+        """Content hashes of item k's input files, {"image_sha256": ..., "mask_sha256": ...} (a generated
+        mask has none: the settings and the index determine it; a prior sample hashes its tensor)."""
+        i, g = k % self.n_images, k // self.n_images
+        if self.table is None:
+            return {"image_sha256": sha256_bytes(self.prior_samples[i].float().contiguous().numpy().tobytes())}
+        row = self.table[i]
+        out = {"image_sha256": _cell_sha256(row["image"])}
+        if self.masks:
+            gen = self.masks[g]
+            if isinstance(gen, FileMask):
+                out["mask_sha256"] = sha256_file(gen.files[k % len(gen.files)])
+        elif "mask" in row:
+            out["mask_sha256"] = _cell_sha256(row["mask"])
+        return out
+
     def __getitem__(self, k: int) -> dict:
         if k < 0 or k >= len(self):
             raise IndexError(k)
@@ -149,8 +197,8 @@ class InverseProblemDataset(Dataset):
         else:
             row = self.table[i]
             src, path = self._cell(row, "image")
-            x = load_image(src, where=f"dataset index {k} (file {path})", size=self.image_size,
-                           channels=self.channels)
+            x, native, box = read_image(src, where=f"dataset index {k} (file {path})", size=self.image_size,
+                                        channels=self.channels, resize=self.resize)
             for key in ("label", "class_id", "class"):
                 if key in row and row[key] is not None:
                     label = int(row[key])
@@ -158,17 +206,64 @@ class InverseProblemDataset(Dataset):
         size = tuple(x.shape[-2:])
         if self.masks:
             gen = self.masks[g]
-            m, name = gen(index=k, seed=self.seed, size=size), gen.name
+            if isinstance(gen, FileMask) and self.table is not None:   # the image's crop and resize
+                where = f"dataset index {k} (mask file {gen.files[k % len(gen.files)]})"
+                m = _file_mask_geometry(gen.native(k), native, size, self.resize, where=where)[None].to(torch.float32)
+            else:
+                m = gen(index=k, seed=self.seed, size=size)
+            name = gen.name
         else:
             msrc, mpath = self._cell(row, "mask")
             where = f"dataset index {k} (mask file {mpath})"
             m = load_image(msrc, where=where, channels=1)
-            if tuple(m.shape[-2:]) != size:
-                raise ValueError(f"{where}: mask size {tuple(m.shape[-2:])} does not match image size {size} "
-                                 f"(image {path}); resize the mask or set data.image_size to None")
-            m, name = check_mask((m + 1) / 2, where=where), "file"
+            m, name = check_mask(_same_geometry(m, native, box, size, where=where, image=path), where=where), "file"
         return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
                 "path": path}
+
+
+def _cell_sha256(v: object) -> str:
+    """SHA-256 of an image cell of a `datasets` table ({"path", "bytes"} or a path)."""
+    if isinstance(v, dict):
+        return sha256_bytes(v["bytes"]) if v.get("bytes") is not None else sha256_file(v["path"])
+    return sha256_file(str(v))
+
+
+def _same_geometry(m: Tensor, native: tuple[int, int], box: tuple[int, int, int, int] | None,
+                   size: tuple[int, int], *, where: str, image: str) -> Tensor:
+    """A mask read as [1, h, w] in [−1, 1], as {0, 1} values [1, H, W] with the geometry of its image: a mask
+    of the image file's size gets the image's crop and resize (nearest neighbour); one already of the
+    final size is kept."""
+    m = (m + 1) / 2
+    hw = tuple(m.shape[-2:])
+    if hw == size:
+        return m
+    if hw == native and box is not None:
+        if not bool(((m == 0) | (m == 1)).all()):
+            return m   # check_mask names the non-binary values
+        return fit_mask(m[0] > 0.5, box, size).to(torch.float32)[None]
+    raise ValueError(f"{where}: mask size {hw} matches neither its image's file size {native} nor the size "
+                     f"{size} it is used at (image {image}); save the mask at the image's size")
+
+
+def _file_mask_geometry(m: Tensor, native: tuple[int, int], size: tuple[int, int], resize: str, *,
+                        where: str) -> Tensor:
+    """A `FileMask` mask [h, w] (bool, at its file's size) fitted like its image of file size `native`: kept
+    at the final size, else cut and resized by the image's policy; another aspect ratio is an error."""
+    h, w = m.shape
+    if (h, w) == tuple(size):
+        return m
+    nh, nw = native
+    if w * nh != h * nw:
+        raise ValueError(f"{where}: the mask is {w}×{h} (W×H), another aspect ratio than its image ({nw}×{nh}); "
+                         "save the mask at the image's size")
+    return fit_mask(m, crop_box(w, h, size, resize, where=where), size)
+
+
+def _check_count(name: str, value: object, *, low: int, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"data.{name} must be an integer >= {low}{' or None' if none_ok else ''}, got {value!r}")
 
 
 def collate(items: list[dict]) -> dict:
@@ -209,7 +304,10 @@ class InverseProblemDataModule(L.LightningDataModule):
         split: dataset split (a plain folder has a single split, used whatever the name).
         masks: mask generators (the dataset becomes images × generators); None: masks from the files.
         num_images: use the first N images (None: all).
-        image_size: centre-crop and resize to this square size (None: keep).
+        image_size: resize to this square size (None: keep), after a centre crop to a square for images of
+            another aspect ratio (`resize`); masks from files get the same geometry.
+        resize: how an image of another aspect ratio is fitted: "crop" (centre crop), "stretch" or "none"
+            (an error).
         channels: 1 or 3 to convert; None keeps the files' mode.
         seed: global seed for masks (and prior samples).
         batch_size, num_workers: DataLoader settings; results do not depend on batch size.
@@ -218,8 +316,17 @@ class InverseProblemDataModule(L.LightningDataModule):
 
     def __init__(self, source: str = "prior", *, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = 16, image_size: int | None = None, channels: int | None = None,
-                 seed: int = 0, batch_size: int = 8, num_workers: int = 0, cache_dir: str | None = None) -> None:
+                 seed: int = 0, batch_size: int = 8, num_workers: int = 0, cache_dir: str | None = None,
+                 resize: str = "crop") -> None:
         super().__init__()
+        _check_count("num_images", num_images, low=1, none_ok=True)
+        _check_count("image_size", image_size, low=1, none_ok=True)
+        _check_count("batch_size", batch_size, low=1)
+        _check_count("num_workers", num_workers, low=0)
+        if channels not in (None, 1, 3):
+            raise ValueError(f"data.channels must be 1, 3 or None, got {channels!r}")
+        if resize not in RESIZE_POLICIES:
+            raise ValueError(f"data.resize must be one of {RESIZE_POLICIES}, got {resize!r}")
         self.save_hyperparameters(ignore=["masks"])
         self.masks = masks
         self.dataset: InverseProblemDataset | None = None
@@ -236,8 +343,8 @@ class InverseProblemDataModule(L.LightningDataModule):
 
     def skip_done(self, done: Callable[..., bool] | None) -> None:
         """Leave out of `predict_dataloader` the indices k with `done(k, path=..., mask=...)` true (the
-        `PredictionWriter.is_done` of the run folder, which may raise when k now names another image or
-        mask type); None: yield every index."""
+        `PredictionWriter.is_done` of the run folder, also given the item's `fingerprint`, which may raise
+        when k now names another image or mask type, or a changed file); None: yield every index."""
         self.done = done
 
     def setup(self, stage: str | None = None) -> None:
@@ -260,7 +367,7 @@ class InverseProblemDataModule(L.LightningDataModule):
                                              num_images=h.num_images, image_size=h.image_size,
                                              channels=h.channels, seed=h.seed,
                                              cache_dir=h.cache_dir or os.environ.get("VIPAINT_DATA_CACHE"),
-                                             prior_samples=samples)
+                                             prior_samples=samples, resize=h.get("resize", "crop"))
         return self.dataset
 
     def pending(self) -> list[int]:
@@ -271,7 +378,7 @@ class InverseProblemDataModule(L.LightningDataModule):
         out = []
         for k in range(len(ds)):
             path, mask = ds.describe(k)
-            if not self.done(k, path=path, mask=mask):
+            if not self.done(k, path=path, mask=mask, fingerprint=ds.fingerprint(k)):
                 out.append(k)
         return out
 

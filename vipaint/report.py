@@ -48,17 +48,22 @@ def _mean(vals: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def build_report(out: Path) -> dict:
-    """Collect metrics/<index>.json into metrics.csv, metrics.md and metrics.json; plot ELBO curves."""
+def build_report(out: Path, indices: list[int] | None = None) -> dict:
+    """Collect metrics/<index>.json into metrics.csv, metrics.md and metrics.json; plot ELBO curves.
+    `indices`: report only these dataset indices (None: every file)."""
     out = Path(out)
-    rows = [json.loads(p.read_text()) for p in sorted((out / "metrics").glob("*.json"))]
-    failed = [json.loads(p.read_text()) for p in sorted((out / "failed").glob("*.json"))]
+    keep = None if indices is None else {f"{i:06d}" for i in indices}
+    rows = [json.loads(p.read_text()) for p in sorted((out / "metrics").glob("*.json"))
+            if keep is None or p.stem in keep]
+    failed = [json.loads(p.read_text()) for p in sorted((out / "failed").glob("*.json"))
+              if keep is None or p.stem in keep]
     cols = ["index", "mask", "path"] + sorted({k for r in rows for k in r} - {"index", "mask", "path"})
     with open(out / "metrics.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=cols)
         wr.writeheader()
         wr.writerows(rows)
-    numeric = [c for c in cols if c not in ("index", "mask", "path")]
+    numeric = [c for c in cols if c not in ("index", "mask", "path")
+               and not any(isinstance(r.get(c), str) for r in rows)]   # not the input hashes (*_sha256)
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         groups[r["mask"]].append(r)
@@ -74,12 +79,12 @@ def build_report(out: Path) -> dict:
         lines.append(f"\n{len(failed)} image(s) failed: " + ", ".join(str(f["index"]) for f in failed))
     markdown = "\n".join(lines) + "\n"
     (out / "metrics.md").write_text(markdown)
-    _plot_traces(out)
+    _plot_traces(out, keep=keep)
     return {"overall": overall, "per_mask": per_mask, "rows": rows, "columns": cols, "markdown": markdown}
 
 
-def _plot_traces(out: Path, max_curves: int = 32) -> None:
-    files = sorted((out / "samples").glob("*.npz"))[:max_curves]
+def _plot_traces(out: Path, max_curves: int = 32, keep: set[str] | None = None) -> None:
+    files = [p for p in sorted((out / "samples").glob("*.npz")) if keep is None or p.stem in keep][:max_curves]
     curves = []
     for p in files:
         with np.load(p) as z:

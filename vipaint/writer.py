@@ -6,13 +6,15 @@ Files under `output_dir` (written by the rank that processed the image, atomical
     metrics/<index>.json  per-image metrics (written last: its presence marks the index as done)
     failed/<index>.json   the reason an image failed (a rerun retries it)
     settings.json         what determines the results (method, options, prior, operator, data, masks,
-                          seeds); a rerun into the same folder with other settings stops with an error
-                          instead of mixing results (batch size, device count and num_images may change)
+                          seeds), written just before the first result (not by a run that stops on an error
+                          before computing anything); a rerun into the same folder with other settings stops
+                          with an error instead of mixing results (batch size, device count and num_images may change)
 Resume: at setup the writer hands its `is_done` to the `InverseProblemDataModule` (`skip_done`), which then
 yields only the indices without outputs (with another datamodule every index is computed and rewritten).
 At the end of the predict run (`teardown`, reached by every rank, also when a rank had nothing to compute),
 after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json` (means per mask type and
-overall) and an ELBO-curve plot from the files, and logs them to the logger. Since the report is built
+overall) and an ELBO-curve plot from the files, and `throughput.json` (images and seconds of each rank,
+from ranks/<rank>.json), and logs them to the logger. Since the report is built
 from files, a resumed or multi-GPU run reports every index exactly once.
 """
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -30,20 +34,25 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from vipaint.api import InputError, check_options
 from vipaint.data import InverseProblemDataModule
+from vipaint.methods import METHODS
+from vipaint.provenance import atomic_write, clean_temporary, folder_hashes, load_problem, move_aside, prior_folder
 from vipaint.report import build_report, panel
 
 if TYPE_CHECKING:
     from vipaint.module import Prediction
 
-__all__ = ["PredictionWriter"]
+__all__ = ["PredictionWriter", "SettingsMismatchError"]
+
+
+class SettingsMismatchError(RuntimeError):
+    """A results folder holds results of other settings, inputs or index map than the run asked for."""
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then move it into place (readers never see half a file)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)` beside `path`, fsynced, then moved into place (`vipaint.provenance.atomic_write`)."""
+    atomic_write(path, write)
 
 
 def _save_npz(path: Path, arrays: dict[str, torch.Tensor]) -> None:
@@ -81,7 +90,17 @@ class PredictionWriter(BasePredictionWriter):
             self.set_output_dir(self.template.format(method=getattr(pl_module, "method", "run")))
         if stage == "predict":
             datamodule = getattr(trainer, "datamodule", None)
-            check_settings(self.output_dir, run_settings(pl_module, datamodule))
+            if getattr(trainer, "is_global_zero", True) and self.output_dir.exists():
+                # no rank writes before the barrier that follows setup, so no live temporary file is removed
+                for p in clean_temporary(self.output_dir):
+                    print(f"[vipaint] removed {p}, left by an interrupted run")
+                for p in (self.output_dir / "ranks").glob("*.json"):   # throughput of an earlier run
+                    p.unlink()
+            self.started, self.n_written = time.perf_counter(), 0
+            check_writable(self.output_dir)
+            check_method_options(pl_module)
+            self.pending_settings = run_settings(pl_module, datamodule)
+            check_settings(self.output_dir, self.pending_settings, write=False)
             if isinstance(datamodule, InverseProblemDataModule):
                 datamodule.skip_done(self.is_done)
 
@@ -90,33 +109,61 @@ class PredictionWriter(BasePredictionWriter):
         # large dataset, so `trainer.predict` returns None
         trainer.predict_loop.return_predictions = False
 
-    def is_done(self, index: int, *, path: str | None = None, mask: str | None = None) -> bool:
+    def is_done(self, index: int, *, path: str | None = None, mask: str | None = None,
+                fingerprint: dict[str, str] | None = None) -> bool:
         """Whether `index` has its outputs. Given the item's image `path` and `mask` name, also checks that
         the stored outputs are of that image and mask type: with several mask types, dataset index k is
         (image k mod N, mask k div N), so a rerun with another data.num_images N maps the same index to
-        another observation, which must not be taken as done."""
+        another observation, which must not be taken as done. Given its `fingerprint` (content hashes of
+        the image and mask files, `InverseProblemDataset.fingerprint`), stops if a file changed since. A
+        per-index file that does not load (a truncated .npz, an empty .json) is named, moved to corrupt/
+        and the index recomputed."""
         f = self.output_dir / "metrics" / f"{index:06d}.json"
-        if not f.exists():
+        if not f.exists() or not self._loadable(index):
             return False
         if path is not None or mask is not None:
             old = json.loads(f.read_text())
             same_image = path is None or Path(str(old.get("path"))).name == Path(str(path)).name
             if not same_image or (mask is not None and old.get("mask") != mask):
-                raise RuntimeError(
+                raise SettingsMismatchError(
                     f"{f} holds the {old.get('mask')} mask of {old.get('path')}, but dataset index {index} is now "
                     f"the {mask} mask of {path}: the map from index to (image, mask) changed (data.num_images "
                     "or the mask list differs from the run that wrote this folder). Rerun with that run's "
                     "data.num_images, or write to a new folder.")
+            check_fingerprint(f, old, fingerprint, index=index, path=path)
         return True
+
+    def _loadable(self, index: int) -> bool:
+        """Whether the metrics and samples files of `index` load; damaged ones are moved aside."""
+        name = f"{index:06d}"
+        files = [self.output_dir / "metrics" / f"{name}.json", self.output_dir / "samples" / f"{name}.npz"]
+        problems = [(p, load_problem(p) if p.exists() else "missing") for p in files]
+        if all(why is None for _, why in problems):
+            return True
+        for p, why in problems:
+            if why is not None and why != "missing":
+                try:
+                    dest = move_aside(p, self.output_dir)
+                except FileNotFoundError:   # another rank moved it first
+                    continue
+                print(f"[vipaint] {p} does not load ({why}); moved to {dest}, dataset index {index} is recomputed")
+        (self.output_dir / "metrics" / f"{name}.json").unlink(missing_ok=True)   # no "done" mark without samples
+        return False
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Prediction, batch_indices, batch,  # noqa: ANN001
                            batch_idx: int, dataloader_idx: int) -> None:
-        self.write(prediction)
+        ds = getattr(trainer, "datamodule", None)
+        ds = ds.full_dataset() if isinstance(ds, InverseProblemDataModule) else None
+        fps = None if ds is None else [ds.fingerprint(i) for i in prediction.index.tolist()]
+        self.write(prediction, fingerprints=fps)
 
-    def write(self, prediction: Prediction) -> None:
-        """Each image's files; a failed image gets failed/<index>.json only."""
+    def write(self, prediction: Prediction, *, fingerprints: list[dict[str, str]] | None = None) -> None:
+        """Each image's files; a failed image gets failed/<index>.json only. `fingerprints` (content hashes
+        of each image's input files) go into its metrics record, for `is_done` to compare on a rerun."""
         p, res = prediction, prediction.result
+        self.write_pending_settings()
         for b, index in enumerate(p.index.tolist()):
+            self.n_written = getattr(self, "n_written", 0) + 1     # computed by this rank (failed ones too)
             name = f"{index:06d}"
             if bool(res.failed[b]):
                 reason = res.reasons[b]
@@ -133,19 +180,53 @@ class PredictionWriter(BasePredictionWriter):
             rec = {"index": index, "mask": p.mask_name[b], "path": p.path[b], "nfe": res.nfe,
                    "n_backprop": res.n_backprop}
             rec.update({k: float(v[b]) for k, v in p.metrics.items()})
+            rec.update(fingerprints[b] if fingerprints is not None else {})
             _atomic(self.output_dir / "metrics" / f"{name}.json", partial(Path.write_text, data=json.dumps(rec)))
             failed = self.output_dir / "failed" / f"{name}.json"
             if failed.exists():
                 failed.unlink()
+
+    def run_indices(self, trainer) -> list[int] | None:  # noqa: ANN001
+        """The dataset indices of this run (the report covers exactly these; None: every file in the folder,
+        with a datamodule other than `InverseProblemDataModule`). Damaged files among them are moved aside."""
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, InverseProblemDataModule) or dm.dataset is None:
+            return None
+        indices = list(range(len(dm.dataset)))
+        for i in indices:
+            if (self.output_dir / "metrics" / f"{i:06d}.json").exists():
+                self._loadable(i)
+        return indices
+
+    def write_rank_throughput(self, rank: int) -> None:
+        """ranks/<rank>.json: the images this rank computed (failed ones included), its wall time since
+        setup and their ratio."""
+        started = getattr(self, "started", None)
+        seconds = 0.0 if started is None else time.perf_counter() - started
+        n = getattr(self, "n_written", 0)
+        rec = {"rank": rank, "images": n, "seconds": round(seconds, 3),
+               "images_per_second": round(n / seconds, 4) if seconds > 0 else None}
+        (self.output_dir / "ranks").mkdir(exist_ok=True)
+        _atomic(self.output_dir / "ranks" / f"{rank}.json", partial(Path.write_text, data=json.dumps(rec)))
+
+    def write_pending_settings(self) -> None:
+        """`settings.json`, once, just before the first result is written (so a run that stops on an error
+        before any result leaves the folder free for a corrected rerun)."""
+        settings = getattr(self, "pending_settings", None)
+        if settings is not None:
+            check_settings(self.output_dir, settings)
+            self.pending_settings = None
 
     def teardown(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
         """The run report, once every rank is done (Lightning skips the epoch hooks of a rank whose
         dataloader is empty, but every rank reaches `teardown`)."""
         if stage != "predict":
             return
+        self.write_rank_throughput(int(getattr(trainer, "global_rank", 0)))
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            report = build_report(self.output_dir)
+            print(rank_throughput(self.output_dir))
+            report = build_report(self.output_dir, indices=self.run_indices(trainer))
             _log(trainer, report, self.output_dir, self.log_images)
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
@@ -157,7 +238,11 @@ class PredictionWriter(BasePredictionWriter):
 def _prior_id(prior) -> dict:  # noqa: ANN001
     """A prior is identified by its folder / Hub id when it has one, else by a hash of its tensors."""
     if getattr(prior, "path", None):
-        return {"class": type(prior).__name__, "path": str(prior.path)}
+        out = {"class": type(prior).__name__, "path": str(prior.path)}
+        folder = prior_folder(str(prior.path))
+        if folder is not None:
+            out["files_sha256"] = folder_hashes(folder)   # weights and configs: a change under the same path shows
+        return out
     h = hashlib.sha1()
     for k, v in sorted(prior.state_dict().items()):
         h.update(k.encode())
@@ -179,24 +264,91 @@ def run_settings(pl_module, datamodule=None) -> dict:  # noqa: ANN001
     if datamodule is not None and hasattr(datamodule, "hparams"):
         dh = dict(datamodule.hparams)
         out["data"] = {k: dh.get(k) for k in ("source", "split", "image_size", "channels", "seed")}
+        if dh.get("resize", "crop") != "crop":   # recorded only when not the default, so older folders still match
+            out["data"]["resize"] = dh["resize"]
         out["data"]["masks"] = [repr(m) for m in (getattr(datamodule, "masks", None) or [])]
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
-def check_settings(output_dir: Path, settings: dict) -> None:
-    """Writes `settings.json` on the first run; on a rerun, stops if the folder holds results of other
-    settings (a resume must not mix them)."""
+def check_writable(output_dir: Path) -> None:
+    """Stop before computing if the results folder cannot be written (e.g. read-only)."""
+    for sub in ("", "samples", "panels", "metrics", "failed"):
+        d = output_dir / sub
+        if not d.is_dir() or not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(f"results folder {d} is not a writable folder; fix its permissions or set "
+                                  "the PredictionWriter's output_dir to another folder")
+
+
+def check_method_options(pl_module) -> None:  # noqa: ANN001
+    """The module's n_samples, sigma_y and method options against their allowed ranges
+    (`vipaint.api.check_options`), before any file is written."""
+    hp = dict(getattr(pl_module, "hparams", {}) or {})
+    n = hp.get("n_samples", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"model.n_samples must be an integer >= 1, got {n!r}")
+    sigma = hp.get("sigma_y", 0.0)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+        raise InputError(f"model.sigma_y must be a finite number >= 0, got {sigma!r}")
+    method, prior = getattr(pl_module, "method", None), getattr(pl_module, "prior", None)
+    if method in METHODS and prior is not None:
+        check_options(method, prior, dict(getattr(pl_module, "method_options", None) or {}))
+
+
+def check_settings(output_dir: Path, settings: dict, *, write: bool = True) -> None:
+    """Stops if `settings.json` in the folder records other settings (a resume must not mix them); writes
+    it when absent and `write` is true."""
     f = Path(output_dir) / "settings.json"
     if f.exists():
         old = json.loads(f.read_text())
+        if "files_sha256" not in (old.get("prior") or {}) and "files_sha256" in (settings.get("prior") or {}):
+            # a folder written before the hashes were recorded: compare what it records
+            settings = {**settings, "prior": {k: v for k, v in settings["prior"].items() if k != "files_sha256"}}
         if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            detail = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}" for k in diff)
-            raise RuntimeError(f"{output_dir} holds results made with other settings ({detail}). "
+            detail = describe_changes(old, settings)
+            raise SettingsMismatchError(f"{output_dir} holds results made with other settings ({detail}). "
                                f"Delete the folder or write to another output_dir.")
         return
+    if not write:
+        return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    _atomic(f, lambda p: p.write_text(json.dumps(settings, indent=1, sort_keys=True)))
+    _atomic(f, partial(Path.write_text, data=json.dumps(settings, indent=1, sort_keys=True)))
+
+
+def rank_throughput(output_dir: Path) -> str:
+    """throughput.json (the ranks/<rank>.json of this run, in rank order) and its lines for the log."""
+    recs = sorted((json.loads(p.read_text()) for p in (output_dir / "ranks").glob("*.json")), key=lambda r: r["rank"])
+    _atomic(output_dir / "throughput.json", partial(Path.write_text, data=json.dumps(recs, indent=1)))
+    return "\n".join(f"[vipaint] rank {r['rank']}: {r['images']} images in {r['seconds']:.1f} s"
+                     + (f" ({r['images_per_second']:.3g} images/s)" if r["images"] and r["images_per_second"] else "")
+                     for r in recs)
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """What differs between two settings records, e.g. `prior.files_sha256.unet/model.safetensors: changed`."""
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k == "prior" and isinstance(a, dict) and isinstance(b, dict) and a.get("path") == b.get("path"):
+            fa, fb = a.get("files_sha256") or {}, b.get("files_sha256") or {}
+            files = [f"{name}: {'added' if name not in fa else 'removed' if name not in fb else 'changed'}"
+                     for name in sorted(set(fa) | set(fb)) if fa.get(name) != fb.get(name)]
+            rest = [x for x in sorted(set(a) | set(b)) if x != "files_sha256" and a.get(x) != b.get(x)]
+            parts += [f"prior file {x}" for x in files] + [f"prior.{x}: {a.get(x)} -> {b.get(x)}" for x in rest]
+        else:
+            parts.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
+    return "; ".join(parts)
+
+
+def check_fingerprint(f: Path, old: dict, fingerprint: dict[str, str] | None, *, index: int, path: str | None) -> None:
+    """Stop if an input file of `index` changed since its record `old` (from file `f`) was written."""
+    for key, value in (fingerprint or {}).items():
+        if key in old and old[key] != value:
+            what = "image" if key.startswith("image") else "mask"
+            raise SettingsMismatchError(
+                f"{f}: the {what} file of dataset index {index} ({path}) changed since it was computed ({key} "
+                f"{old[key][:12]}… -> {value[:12]}…). Write to a new folder, or delete {f} to recompute it.")
 
 
 def _log(trainer, report: dict, out: Path, n_images: int) -> None:  # noqa: ANN001

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,24 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from vipaint.imageio import ImageTooLargeError, check_pixels, max_pixels
 from vipaint.masks.base import MaskGenerator
 
 __all__ = ["FileMask"]
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _ARRAY_EXTS = (".npy", ".npz")
+
+
+def _check_array_size(shape: tuple[int, ...], file: str) -> None:
+    """The size check of `check_pixels` for an array file, from its header (before reading the data)."""
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(shape) == 3 and min(shape[0], shape[-1]) <= 4:   # [H, W, C] or [C, H, W]
+        n //= max(1, min(shape[0], shape[-1]))
+    if n > max_pixels():
+        raise ImageTooLargeError(f"FileMask: mask file '{file}' holds an array of shape {tuple(shape)}, more than "
+                                 f"the limit of {max_pixels()} pixels; shrink it, or raise the limit with "
+                                 "VIPAINT_MAX_PIXELS")
 
 
 class FileMask(MaskGenerator):
@@ -72,15 +85,29 @@ class FileMask(MaskGenerator):
         suffix = Path(file).suffix.lower()
         try:
             if suffix == ".npy":
+                _check_array_size(np.load(file, mmap_mode="r", allow_pickle=False).shape, file)
                 arr = np.load(file, allow_pickle=False)
             elif suffix == ".npz":
                 with np.load(file, allow_pickle=False) as z:
+                    for k in z.files:
+                        with z.zip.open(k + ".npy") as member:
+                            version = np.lib.format.read_magic(member)
+                            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                      else np.lib.format.read_array_header_2_0)
+                            shape = header(member)[0]
+                        _check_array_size(shape, file)
                     arrays = {k: z[k] for k in z.files}
             else:
-                with Image.open(file) as img:
+                with warnings.catch_warnings():   # PIL's bomb warning: `check_pixels` decides instead
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(file)
+                with img:
+                    check_pixels(*img.size, where=f"FileMask: mask file '{file}'")
                     if img.mode not in ("1", "L") and not img.mode.startswith(("I", "F")):
                         img = img.convert("L")
                     arr = np.asarray(img)
+        except ImageTooLargeError:   # the size check: its message is complete
+            raise
         except Exception as e:  # noqa: BLE001 - any decoder error means the file is unusable
             raise ValueError(f"FileMask: cannot read mask file '{file}' ({type(e).__name__}: {e}); replace it "
                              "with a valid PNG/JPG image or .npy/.npz array") from e
@@ -103,15 +130,23 @@ class FileMask(MaskGenerator):
         peak = arr.max()  # 0/1 files as they are, else an 8-bit or a 16-bit range
         return arr / (1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0)
 
-    def _generate(self, index: int, seed: int, height: int, width: int) -> Tensor:
-        file = self.files[index % len(self.files)]
+    def native(self, index: int) -> Tensor:
+        """The boolean mask [h, w] of item `index` at the file's own size (True = observed, `invert`
+        applied), checked to be binary (or thresholded with `binarize`)."""
+        m = self._threshold(self.files[index % len(self.files)])
+        return ~m if self.invert else m
+
+    def _threshold(self, file: str) -> Tensor:
         arr = self.load(file)
         nonbinary = float(np.mean((np.abs(arr) > 1e-6) & (np.abs(arr - 1) > 1e-6)))
         if nonbinary > self.max_nonbinary and not self.binarize:
             raise ValueError(f"FileMask: mask file '{file}' is not binary ({nonbinary:.1%} of pixels are neither "
-                             "black nor white); save it as a 0/255 (or 0/1) image, or pass binarize=True to threshold "
-                             "it at 0.5")
-        m = torch.from_numpy(arr >= 0.5).to(torch.float32)[None, None]
+                             "black nor white); save it as a 0/255 (or 0/1) image, or threshold it at 0.5 with "
+                             "FileMask(binarize=True) (`vipaint inpaint --binarize-mask`)")
+        return torch.from_numpy(arr >= 0.5)
+
+    def _generate(self, index: int, seed: int, height: int, width: int) -> Tensor:
+        m = self._threshold(self.files[index % len(self.files)]).to(torch.float32)[None, None]
         if m.shape[-2:] != (height, width):
             m = F.interpolate(m, size=(height, width), mode="nearest-exact")
         m = m[0, 0] > 0.5

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from vipaint.priors.denoisers import (
     UNetDenoiser,
 )
 
-__all__ = ["PriorNotFoundError", "LoadedComponents", "load_components", "apply_attention_heads",
+__all__ = ["PriorNotFoundError", "PriorDamagedError", "LoadedComponents", "load_components", "apply_attention_heads",
            "import_diffusers", "ATTENTION_HEADS_FILE"]
 
 #: per-module attention head counts a UNet2DModel config cannot express (`vipaint convert-ldm`)
@@ -56,6 +57,22 @@ def import_diffusers() -> Any:
 
 class PriorNotFoundError(FileNotFoundError):
     """The prior's weights are not where the configuration points."""
+
+
+class PriorDamagedError(ValueError):
+    """A file of the prior exists but cannot be read (truncated or corrupt): not a download problem."""
+
+
+def _damaged(path: str, err: BaseException) -> PriorDamagedError | None:
+    """The error to raise when `err` names an existing file that failed to load (None: a missing file)."""
+    existing = [f for f in re.findall(r"'([^']+)'", str(err)) if os.path.isfile(f)]
+    if not existing:
+        return None
+    cause = err.__cause__ or err.__context__
+    why = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" + (
+        f"; caused by {type(cause).__name__}: {str(cause)[:200]}" if cause is not None else "")
+    return PriorDamagedError(f"Weights for prior '{path}': the file {existing[0]} exists but cannot be read ({why}). "
+                             "It is damaged or truncated; download or convert it again.")
 
 
 def _offline() -> bool:
@@ -269,5 +286,8 @@ def load_components(path: str, *, local_files_only: bool | None = None,
             if codec_kind == "vq":
                 vq_scale = (src.json(f"{csub}/config.json") or {}).get("scaling_factor")
     except OSError as err:
+        damaged = _damaged(path, err)
+        if damaged is not None:
+            raise damaged from err
         raise _missing(path, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}", download_hint) from err
     return LoadedComponents(denoiser, sched, codec, codec_kind, vq_scale)
