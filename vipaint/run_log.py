@@ -157,11 +157,13 @@ def _table(report: dict, out: Path) -> tuple[list[str], list[list]]:
     return cols, data
 
 
-def log_run(trainer, report: dict, out: Path, settings: dict, n_images: int = 16) -> None:  # noqa: ANN001
-    """Send the run report to every logger of `trainer` (rank 0 only; see the module docstring)."""
+def log_run(trainer, report: dict, out: Path, settings: dict, n_images: int = 16) -> list[str]:  # noqa: ANN001
+    """Send the run report to every logger of `trainer` (rank 0 only; see the module docstring); returns
+    the lines to print at the end (how to upload an offline W&B run)."""
     from lightning.pytorch.loggers import WandbLogger
 
     scalars = run_scalars(report, seconds_per_mask(out, report["rows"]))
+    hints = []
     for logger in trainer.loggers:
         logger.log_hyperparams({"settings": settings})
         logger.log_metrics({f"summary/{k}": v for k, v in report["overall"].items()
@@ -181,12 +183,14 @@ def log_run(trainer, report: dict, out: Path, settings: dict, n_images: int = 16
         if (out / "elbo.png").exists():
             logger.log_image("elbo_curves", images=[str(out / "elbo.png")])
         if isinstance(logger, WandbLogger):
-            _sync_hint(logger)
+            hints += _sync_hint(logger)
+    return hints
 
 
-def _sync_hint(logger) -> None:  # noqa: ANN001
+def _sync_hint(logger) -> list[str]:  # noqa: ANN001
     run = logger.experiment
-    run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
-    mode = os.environ.get("WANDB_MODE", "")
-    if run_dir is not None and mode in ("offline", "dryrun"):
-        print(f"[vipaint] W&B run saved offline in {run_dir}; upload it with: wandb sync {run_dir}")
+    run_dir = Path(run.dir).parent if isinstance(getattr(run, "dir", None), str) else None
+    mode = getattr(logger, "_wandb_init", {}).get("mode") or os.environ.get("WANDB_MODE", "")
+    if run_dir is None or mode not in ("offline", "dryrun"):
+        return []
+    return [f"[vipaint] W&B run saved offline in {run_dir}; upload it with:  wandb sync {run_dir}"]

@@ -169,12 +169,14 @@ class PredictionWriter(BasePredictionWriter):
             report = build_report(self.output_dir, features=self.networks.features,
                                   feature_label=self.networks.feature_label,
                                   perceptual_label=self.networks.perceptual_label)
-            log_run(trainer, report, self.output_dir, run_settings(pl_module, getattr(trainer, "datamodule", None)),
-                    self.log_images)
+            hints = log_run(trainer, report, self.output_dir,
+                            run_settings(pl_module, getattr(trainer, "datamodule", None)), self.log_images)
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
                   + (f", {n_failed} failed (see failed/)" if n_failed else "")
                   + "; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
+            for line in hints:
+                print(line)
         trainer.strategy.barrier()
 
 
