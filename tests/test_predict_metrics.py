@@ -3,6 +3,7 @@ benchmark runner on the same problems, 1 vs 2 processes, a resumed run; LPIPS fr
 backbone file; the loggers' keys. FID features: conftest's `TinyFeatures` (the real TF-Inception is
 seconds per image on a CPU)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -18,8 +19,8 @@ from vipaint.bench.__main__ import main as bench_main
 from vipaint.bench.features import feature_path
 from vipaint.cli import main
 from vipaint.metrics import perceptual_metric
-from vipaint.metrics.perceptual import LPIPS_BACKBONE_FILES as BACKBONES
 from vipaint.metrics.features import hub_checkpoint
+from vipaint.metrics.perceptual import LPIPS_BACKBONE_FILES as BACKBONES
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = ("fid", "kid", "kid_std", "fid_raw", "kid_raw", "n_real", "n_fake")
@@ -65,6 +66,9 @@ def test_predict_and_benchmark_give_identical_fid_kid(tmp_path, tiny_pixel_prior
     assert "| fid | kid | fid_raw | kid_raw |" in md and "biased upwards at small n" in md
     assert "6 real vs 12 generated" in md and "python -m vipaint.bench.bootstrap" in md
     assert all(feature_path(tmp_path / "predict", i).is_file() for i in range(6))
+    with open(tmp_path / "predict" / "metrics_per_mask.csv") as f:
+        table = {r["mask"]: r for r in csv.DictReader(f)}
+    assert set(table) == set(ours) and float(table["all"]["fid"]) == ours["all"]["fid"]
 
     spec = {"config": str(cfg), "out": str(tmp_path / "bench"), "fid": True, "methods": {"dps": {"n_steps": 3}}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -99,7 +103,8 @@ def test_resumed_run_gives_the_same_fid_kid(tmp_path, tiny_pixel_prior, tiny_ima
     kept = {i: feature_path(out, i).stat().st_mtime_ns for i in range(4)}
     main(["predict", "--config", str(cfg)])
     assert {i: feature_path(out, i).stat().st_mtime_ns for i in range(4)} == kept    # not recomputed
-    assert _dist(json.loads((out / "metrics.json").read_text())) == _dist(json.loads((full / "metrics.json").read_text()))
+    resumed, uninterrupted = (json.loads((d / "metrics.json").read_text()) for d in (out, full))
+    assert _dist(resumed) == _dist(uninterrupted) and "fid" in _dist(resumed)["all"]
 
 
 _DRIVER = '''

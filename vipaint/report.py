@@ -103,7 +103,8 @@ def fid_note(n_real: int | None, n_fake: int | None) -> str:
 
 def build_report(out: Path, *, features=None, feature_label: str = "FID/KID skipped",  # noqa: ANN001
                  perceptual_label: str | None = None) -> dict:
-    """Collect metrics/<index>.json into metrics.csv, metrics.md and metrics.json; plot ELBO curves. With a
+    """Collect metrics/<index>.json into metrics.csv (per image), metrics_per_mask.csv, metrics.md and
+    metrics.json (means per mask type and overall); plot ELBO curves. With a
     `CachedFeatures` network, FID/KID per mask type and overall are added (`distribution_table`);
     `feature_label` / `perceptual_label` say which networks produced them (or why they were skipped)."""
     out = Path(out)
@@ -127,6 +128,11 @@ def build_report(out: Path, *, features=None, feature_label: str = "FID/KID skip
                "perceptual": perceptual_label}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     shown = [c for c in numeric if c not in COUNTERS] + [k for k in DISTRIBUTION_KEYS if k in overall]
+    table = [{"mask": m, **d} for m, d in sorted(per_mask.items()) + [("all", overall)]]
+    with open(out / "metrics_per_mask.csv", "w", newline="") as f:      # the table below, every column
+        wr = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+        wr.writeheader()
+        wr.writerows(table)
     lines = ["| mask | n | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
     for m, d in sorted(per_mask.items()) + [("all", overall)]:
         lines.append(f"| {m} | {d['n']} | " + " | ".join(f"{d.get(c, float('nan')):.4g}" for c in shown) + " |")

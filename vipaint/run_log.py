@@ -74,7 +74,7 @@ def observation_records(p: Prediction, out: Path, nets: MetricNetworks) -> list[
     comp, truth = p.composite[:, ok], p.image[ok]
     s = comp.shape[0]
     if s >= 2:
-        for b, v in zip(ok, pairwise_diversity(comp).tolist()):
+        for b, v in zip(ok, pairwise_diversity(comp).tolist(), strict=True):
             recs[b]["diversity_l2"] = v
     if nets.perceptual is not None:
         dev = next(nets.perceptual.parameters()).device
@@ -83,7 +83,7 @@ def observation_records(p: Prediction, out: Path, nets: MetricNetworks) -> list[
         with torch.no_grad():
             d = nets.perceptual(flat, ref).reshape(s, len(ok)).mean(0).cpu()
         key = perceptual_key(nets.perceptual_label)
-        for b, v in zip(ok, d.tolist()):
+        for b, v in zip(ok, d.tolist(), strict=True):
             recs[b][key] = v
     if nets.features is not None:
         for b in ok:

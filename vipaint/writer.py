@@ -13,9 +13,9 @@ Files under `output_dir` (written by the rank that processed the image, atomical
 Resume: at setup the writer hands its `is_done` to the `InverseProblemDataModule` (`skip_done`), which then
 yields only the indices without outputs (with another datamodule every index is computed and rewritten).
 At the end of the predict run (`teardown`, reached by every rank, also when a rank had nothing to compute),
-after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json` (means per mask type and
-overall, FID/KID from the feature files of every rank) and an ELBO-curve plot from the files, and logs them
-to the logger (`vipaint.run_log`). Since the report is built from files, a resumed or multi-GPU run reports
+after a barrier, rank 0 builds `metrics.csv`, `metrics_per_mask.csv`, `metrics.md`, `metrics.json` (means
+per mask type and overall, FID/KID from the feature files of every rank) and an ELBO-curve plot from the
+files, and logs them to the logger (`vipaint.run_log`). Since the report is built from files, a resumed or multi-GPU run reports
 every index exactly once and gives the same FID/KID.
 """
 
@@ -174,7 +174,7 @@ class PredictionWriter(BasePredictionWriter):
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
                   + (f", {n_failed} failed (see failed/)" if n_failed else "")
-                  + "; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
+                  + "; panels/, metrics.md, metrics.csv, metrics_per_mask.csv, metrics.json, elbo.png\n" + report["markdown"])
             for line in hints:
                 print(line)
         trainer.strategy.barrier()
