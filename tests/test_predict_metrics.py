@@ -229,3 +229,14 @@ def test_predict_reports_lpips_and_logs_per_mask_scalars(tmp_path, tiny_pixel_pr
     assert all(isinstance(row[-1], wandb.Image) for row in data)
     assert "panels" in calls["image"] and "elbo_curves" not in calls["image"]     # DPS has no ELBO trace
     assert init["group"] == "tinyset" and init["name"] == "dps"
+
+
+def test_fid_raw_off_extracts_only_truths_and_composites(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    out = tmp_path / "run"
+    cfg = yaml.safe_load(_config(tmp_path, tiny_pixel_prior, tiny_imagefolder, out).read_text())
+    cfg["trainer"]["callbacks"][0]["init_args"]["fid_raw"] = False
+    (tmp_path / "noraw.yaml").write_text(yaml.safe_dump(cfg))
+    main(["predict", "--config", str(tmp_path / "noraw.yaml")])
+    dist = _dist(json.loads((out / "metrics.json").read_text()))
+    assert "fid" in dist["all"] and "fid_raw" not in dist["all"]
+    assert len(torch.load(feature_path(out, 0))["keys"]) == 1 + 2        # ground truth + 2 composites

@@ -62,10 +62,10 @@ def _load_observations(out: Path, rows: list[dict]) -> list[dict]:
     return items
 
 
-def distribution_table(out: Path, rows: list[dict], features) -> dict[str, dict]:  # noqa: ANN001
+def distribution_table(out: Path, rows: list[dict], features, raw: bool = True) -> dict[str, dict]:  # noqa: ANN001
     """FID/KID per mask type and "all" (`vipaint.bench.features.distribution_metrics`, the benchmark's code
     path): composites (`fid`, `kid`) and, where they differ from them (inpainting), raw samples (`fid_raw`,
-    `kid_raw`), against the run's ground truths. Every rank's saved feature files are read first; a missing
+    `kid_raw`; unless `raw` is False), against the run's ground truths. Every rank's saved feature files are read first; a missing
     one (an index written before features were saved) is computed and saved now."""
     from vipaint.bench.features import (
         CachedFeatures,
@@ -80,13 +80,14 @@ def distribution_table(out: Path, rows: list[dict], features) -> dict[str, dict]
     load_saved_features(cached, out)
     items = _load_observations(out, rows)
     for it in items:
-        extract_observation_features(cached, out, it["index"], it["image"], it["composite"], it["samples"])
+        extract_observation_features(cached, out, it["index"], it["image"], it["composite"],
+                                     it["samples"] if raw else None)
     table: dict[str, dict] = {}
     for mask in sorted({it["mask"] for it in items}) + ["all"]:
         sel = [it for it in items if mask in ("all", it["mask"])]
         real = torch.stack([it["image"] for it in sel])
         row = distribution_metrics(real, torch.cat([it["composite"] for it in sel]), cached)
-        if any(not torch.equal(it["samples"], it["composite"]) for it in sel):
+        if raw and any(not torch.equal(it["samples"], it["composite"]) for it in sel):
             raw = distribution_metrics(real, torch.cat([it["samples"] for it in sel]), cached)
             row.update({f"{k}_raw": v for k, v in raw.items() if k in ("fid", "kid", "kid_std")})
         table[mask] = row
@@ -102,7 +103,7 @@ def fid_note(n_real: int | None, n_fake: int | None) -> str:
 
 
 def build_report(out: Path, *, features=None, feature_label: str = "FID/KID skipped",  # noqa: ANN001
-                 perceptual_label: str | None = None) -> dict:
+                 perceptual_label: str | None = None, raw: bool = True) -> dict:
     """Collect metrics/<index>.json into metrics.csv (per image), metrics_per_mask.csv, metrics.md and
     metrics.json (means per mask type and overall); plot ELBO curves. With a
     `CachedFeatures` network, FID/KID per mask type and overall are added (`distribution_table`);
@@ -121,7 +122,7 @@ def build_report(out: Path, *, features=None, feature_label: str = "FID/KID skip
         groups[r["mask"]].append(r)
     per_mask = {m: {c: _mean([r.get(c) for r in rs]) for c in numeric} | {"n": len(rs)} for m, rs in groups.items()}
     overall = {c: _mean([r.get(c) for r in rows]) for c in numeric} | {"n": len(rows), "n_failed": len(failed)}
-    dist = distribution_table(out, rows, features)
+    dist = distribution_table(out, rows, features, raw)
     for m, d in dist.items():
         (overall if m == "all" else per_mask[m]).update(d)
     summary = {"overall": overall, "per_mask": per_mask, "failed": failed, "features": feature_label,

@@ -45,13 +45,16 @@ class MetricNetworks:
     feature_label: str
     perceptual: PerceptualDistance | None
     perceptual_label: str
+    raw: bool = True        # also the raw samples' features (FID/KID of raw samples where they differ)
 
 
-def run_metric_networks(fid: bool, perceptual: str, device: torch.device | str = "cpu") -> MetricNetworks:
-    """FID features (if `fid`) and the perceptual distance of kind `perceptual`, on `device`."""
+def run_metric_networks(fid: bool, perceptual: str, device: torch.device | str = "cpu", *,
+                        raw: bool = True) -> MetricNetworks:
+    """FID features (if `fid`; of the raw samples too if `raw`) and the perceptual distance of kind
+    `perceptual`, on `device`."""
     features, feature_label = feature_network(fid, device)
     dist, perceptual_label = perceptual_metric(perceptual, device)
-    return MetricNetworks(features, feature_label, dist, perceptual_label)
+    return MetricNetworks(features, feature_label, dist, perceptual_label, raw)
 
 
 def perceptual_key(label: str) -> str:
@@ -88,7 +91,7 @@ def observation_records(p: Prediction, out: Path, nets: MetricNetworks) -> list[
     if nets.features is not None:
         for b in ok:
             extract_observation_features(nets.features, out, int(p.index[b]), p.image[b], p.composite[:, b],
-                                         res.samples[:, b])
+                                         res.samples[:, b] if nets.raw else None)
     return recs
 
 

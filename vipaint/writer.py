@@ -64,16 +64,18 @@ class PredictionWriter(BasePredictionWriter):
         max_panel_samples: samples shown per panel.
         log_images: number of panels logged to the logger.
         fid: compute FID/KID (features saved per index as it is written; `vipaint.bench.features`).
+        fid_raw: also FID/KID of the raw samples where they differ from the composites (inpainting);
+            False halves the feature extraction (1 + S instead of 1 + 2S images per observation).
         perceptual: perceptual distance per image, a kind of `vipaint.metrics.perceptual_metric`
             ("auto": LPIPS if its backbone file is local, else ST-LPIPS, else skipped; "none").
     """
 
     def __init__(self, output_dir: str = "results/{method}", *, max_panel_samples: int = 4, log_images: int = 16,
-                 fid: bool = True, perceptual: str = "auto") -> None:
+                 fid: bool = True, fid_raw: bool = True, perceptual: str = "auto") -> None:
         super().__init__(write_interval="batch")
         self.template = str(output_dir)
         self.max_panel_samples, self.log_images = max_panel_samples, log_images
-        self.fid, self.perceptual = fid, perceptual
+        self.fid, self.fid_raw, self.perceptual = fid, fid_raw, perceptual
         self.networks = run_metric_networks(False, "none")
         self.set_output_dir(self.template.replace("{method}", "_pending") if "{method}" in self.template
                             else self.template, create="{method}" not in self.template)
@@ -99,9 +101,10 @@ class PredictionWriter(BasePredictionWriter):
     def setup_metrics(self, trainer, pl_module) -> None:  # noqa: ANN001
         """The FID feature network and the perceptual distance on the module's device (built once per
         device and options), and the W&B run's group and name."""
-        key = (self.fid, self.perceptual, str(pl_module.device))
+        key = (self.fid, self.fid_raw, self.perceptual, str(pl_module.device))
         if getattr(self, "_networks_key", None) != key:
-            self.networks, self._networks_key = run_metric_networks(self.fid, self.perceptual, pl_module.device), key
+            self.networks = run_metric_networks(self.fid, self.perceptual, pl_module.device, raw=self.fid_raw)
+            self._networks_key = key
         configure_wandb(trainer, pl_module)
 
     def on_predict_start(self, trainer, pl_module) -> None:  # noqa: ANN001
@@ -168,7 +171,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             report = build_report(self.output_dir, features=self.networks.features,
                                   feature_label=self.networks.feature_label,
-                                  perceptual_label=self.networks.perceptual_label)
+                                  perceptual_label=self.networks.perceptual_label, raw=self.networks.raw)
             hints = log_run(trainer, report, self.output_dir,
                             run_settings(pl_module, getattr(trainer, "datamodule", None)), self.log_images)
             n_failed = report["overall"]["n_failed"]
