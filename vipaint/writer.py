@@ -4,6 +4,8 @@ Files under `output_dir` (written by the rank that processed the image, atomical
     samples/<index>.npz   samples [S, C, H, W], composite, observation y, ground truth, mask, ELBO trace
     panels/<index>.png    observation | samples | ground truth
     features/<index>.pt   FID features of ground truth, composites and raw samples (`vipaint.bench.features`)
+    timing/<index>.json   wall-clock seconds per image of its batch (kept out of metrics/, which must not
+                          differ between identical runs)
     metrics/<index>.json  per-image metrics, perceptual distance, diversity, decoder/encoder calls and
                           seconds per image (written last: its presence marks the index as done)
     failed/<index>.json   the reason an image failed (a rerun retries it)
