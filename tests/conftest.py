@@ -24,6 +24,33 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+class TinyFeatures(torch.nn.Module):
+    """A fixed random projection (8×8 RGB → 6) standing in for the FID Inception in tests."""
+
+    num_features = 6
+    label = "tiny test features (conftest)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 8 * 8, 6)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(6, 3 * 8 * 8, generator=torch.Generator().manual_seed(0)))
+            self.proj.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.nn.functional.interpolate(x.float(), size=(8, 8)).flatten(1))
+
+
+@pytest.fixture(autouse=True)
+def _tiny_fid_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `vipaint predict` run computes FID/KID; in tests the installed TF-Inception (seconds per image
+    on a CPU) is replaced by `TinyFeatures`. A test that wants the real one restores
+    `vipaint.metrics.distribution.default_inception`."""
+    import vipaint.metrics
+
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (TinyFeatures(), TinyFeatures.label))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -53,8 +53,9 @@ def test_write_per_index_files(tmp_path):
     assert z["mask"].shape == (1, 4, 4) and z["y"].shape == (1, 4, 4)
     assert Image.open(out / "panels" / "000003.png").size[1] == 96          # 4 px upscaled ×24
     rec = json.loads((out / "metrics" / "000003.json").read_text())
+    rms = float((p.composite[0, 0] - p.composite[1, 0]).square().mean().sqrt())    # the 2 samples' L2 diversity
     assert rec == {"index": 3, "mask": "box", "path": "img/003.png", "nfe": 7, "n_backprop": 5, "psnr": 12.5,
-                   "ssim": 0.25}
+                   "ssim": 0.25, "diversity_l2": pytest.approx(rms, rel=1e-6)}
     assert w.is_done(3)
     # index 8 failed: only its reason, so a rerun retries it
     assert json.loads((out / "failed" / "000008.json").read_text()) == {

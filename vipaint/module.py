@@ -10,6 +10,7 @@ Use with `Trainer(inference_mode=False)` (the CLI sets it): the fit and the guid
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -42,6 +43,7 @@ class Prediction:
     composite: Tensor               # [S, B, C, H, W]: the samples, with the observed pixels pasted (inpainting)
     metrics: dict[str, Tensor]      # name → [B]
     operator: str                   # "inpainting", "blur", "sr" or "identity"
+    seconds_per_image: float = float("nan")   # wall-clock time of the method call / B
 
 
 class VIPaintModule(L.LightningModule):
@@ -110,15 +112,20 @@ class VIPaintModule(L.LightningModule):
         x, mask, idx = batch["image"], batch["mask"], batch["index"]
         op = self.make_operator(mask)
         y = op.observe(x, ImageRNG(self.hparams.seed, idx, stream="observation", device=x.device))
+        t0 = time.perf_counter()
         res = self._solve(op, y, idx, batch["label"].to(x.device), self._batch_label(batch_idx, dataloader_idx))
+        if x.is_cuda:       # the method's kernels are asynchronous: time them, not their launch
+            torch.cuda.synchronize(x.device)
+        seconds = (time.perf_counter() - t0) / len(idx)
         samples = res.samples.detach()
         composite = op.paste(samples, y) if isinstance(op, Inpainting) else samples
         metrics = self.metrics(op, y, samples, x, mask, idx)
         result = MethodResult(samples=samples.cpu(), nfe=res.nfe, n_backprop=res.n_backprop, failed=res.failed.cpu(),
-                              reasons=res.reasons, traces={k: v.cpu() for k, v in res.traces.items()})
+                              reasons=res.reasons, traces={k: v.cpu() for k, v in res.traces.items()},
+                              n_decode=res.n_decode, n_encode=res.n_encode)
         return Prediction(index=idx.cpu(), path=list(batch["path"]), mask_name=list(batch["mask_name"]),
                           image=x.cpu(), mask=mask.cpu(), y=y.cpu(), result=result, composite=composite.cpu(),
-                          metrics=metrics, operator=self.hparams.operator)
+                          metrics=metrics, operator=self.hparams.operator, seconds_per_image=seconds)
 
     def _batch_label(self, batch_idx: int, dataloader_idx: int) -> str:
         """ "batch 2/3" for the progress lines (the total counts the batches of pending indices)."""

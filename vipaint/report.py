@@ -1,4 +1,5 @@
-"""Pictures and tables of a run: image panels, the metrics table, ELBO curves."""
+"""Pictures and tables of a run: image panels, the metrics table (per-image means, FID/KID per mask type
+and overall, the perceptual distance), ELBO curves."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["panel", "to_pil", "build_report"]
+__all__ = ["COUNTERS", "build_report", "distribution_table", "fid_note", "panel", "to_pil"]
+
+COUNTERS = ("nfe", "n_backprop", "n_decode", "n_encode")     # in metrics.json / .csv, not in the table
+DISTRIBUTION_KEYS = ("fid", "kid", "fid_raw", "kid_raw")     # shown in metrics.md where computed
 
 
 def to_pil(x: Tensor, scale: int = 1) -> Image.Image:
@@ -48,8 +52,62 @@ def _mean(vals: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def build_report(out: Path, indices: list[int] | None = None) -> dict:
-    """Collect metrics/<index>.json into metrics.csv, metrics.md and metrics.json; plot ELBO curves.
+def _load_observations(out: Path, rows: list[dict]) -> list[dict]:
+    """Ground truth, composites and raw samples of each done index (`samples/<index>.npz`), by index."""
+    items = []
+    for r in sorted(rows, key=lambda r: r["index"]):
+        with np.load(out / "samples" / f"{r['index']:06d}.npz") as z:
+            items.append({"index": r["index"], "mask": r["mask"],
+                          **{k: torch.from_numpy(z[k]) for k in ("image", "composite", "samples")}})
+    return items
+
+
+def distribution_table(out: Path, rows: list[dict], features, raw: bool = True) -> dict[str, dict]:  # noqa: ANN001
+    """FID/KID per mask type and "all" (`vipaint.bench.features.distribution_metrics`, the benchmark's code
+    path): composites (`fid`, `kid`) and, where they differ from them (inpainting), raw samples (`fid_raw`,
+    `kid_raw`; unless `raw` is False), against the run's ground truths. Every rank's saved feature files are read first; a missing
+    one (an index written before features were saved) is computed and saved now."""
+    from vipaint.bench.features import (
+        CachedFeatures,
+        distribution_metrics,
+        extract_observation_features,
+        load_saved_features,
+    )
+
+    if features is None or not rows:
+        return {}
+    cached = CachedFeatures(features.net, features.label)     # CPU cache of the files of every rank
+    load_saved_features(cached, out)
+    items = _load_observations(out, rows)
+    for it in items:
+        extract_observation_features(cached, out, it["index"], it["image"], it["composite"],
+                                     it["samples"] if raw else None)
+    table: dict[str, dict] = {}
+    for mask in sorted({it["mask"] for it in items}) + ["all"]:
+        sel = [it for it in items if mask in ("all", it["mask"])]
+        real = torch.stack([it["image"] for it in sel])
+        row = distribution_metrics(real, torch.cat([it["composite"] for it in sel]), cached)
+        if raw and any(not torch.equal(it["samples"], it["composite"]) for it in sel):
+            raw = distribution_metrics(real, torch.cat([it["samples"] for it in sel]), cached)
+            row.update({f"{k}_raw": v for k, v in raw.items() if k in ("fid", "kid", "kid_std")})
+        table[mask] = row
+    return table
+
+
+def fid_note(n_real: int | None, n_fake: int | None) -> str:
+    """FID's small-n bias, stated with the n used."""
+    return (f"FID is biased upwards at small n and its bias depends on n (here, overall: {n_real} real vs "
+            f"{n_fake} generated images; per mask type fewer): compare FIDs only at equal n, not with published "
+            "values at n = 10k–50k. Interval: `python -m vipaint.bench.bootstrap` (paired bootstrap); KID is "
+            "unbiased.")
+
+
+def build_report(out: Path, indices: list[int] | None = None, *, features=None,  # noqa: ANN001
+                 feature_label: str = "FID/KID skipped", perceptual_label: str | None = None, raw: bool = True) -> dict:
+    """Collect metrics/<index>.json into metrics.csv (per image), metrics_per_mask.csv, metrics.md and
+    metrics.json (means per mask type and overall); plot ELBO curves. With a
+    `CachedFeatures` network, FID/KID per mask type and overall are added (`distribution_table`);
+    `feature_label` / `perceptual_label` say which networks produced them (or why they were skipped).
     `indices`: report only these dataset indices (None: every file)."""
     out = Path(out)
     keep = None if indices is None else {f"{i:06d}" for i in indices}
@@ -69,12 +127,31 @@ def build_report(out: Path, indices: list[int] | None = None) -> dict:
         groups[r["mask"]].append(r)
     per_mask = {m: {c: _mean([r.get(c) for r in rs]) for c in numeric} | {"n": len(rs)} for m, rs in groups.items()}
     overall = {c: _mean([r.get(c) for r in rows]) for c in numeric} | {"n": len(rows), "n_failed": len(failed)}
-    summary = {"overall": overall, "per_mask": per_mask, "failed": failed}
+    dist = distribution_table(out, rows, features, raw)
+    for m, d in dist.items():
+        (overall if m == "all" else per_mask[m]).update(d)
+    summary = {"overall": overall, "per_mask": per_mask, "failed": failed, "features": feature_label,
+               "perceptual": perceptual_label}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    shown = [c for c in numeric if c not in ("nfe", "n_backprop")]
+    shown = [c for c in numeric if c not in COUNTERS] + [k for k in DISTRIBUTION_KEYS if k in overall]
+    table = [{"mask": m, **d} for m, d in sorted(per_mask.items()) + [("all", overall)]]
+    with open(out / "metrics_per_mask.csv", "w", newline="") as f:      # the table below, every column
+        wr = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+        wr.writeheader()
+        wr.writerows(table)
     lines = ["| mask | n | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
     for m, d in sorted(per_mask.items()) + [("all", overall)]:
-        lines.append(f"| {m} | {d['n']} | " + " | ".join(f"{d[c]:.4g}" for c in shown) + " |")
+        lines.append(f"| {m} | {d['n']} | " + " | ".join(f"{d.get(c, float('nan')):.4g}" for c in shown) + " |")
+    lines.append("")
+    if "fid" in overall:
+        lines += [f"FID/KID features: {feature_label}; fid/kid: composited samples"
+                  + ("; fid_raw/kid_raw: raw samples" if "fid_raw" in overall else "") + ".",
+                  fid_note(overall.get("n_real"), overall.get("n_fake"))]
+    else:
+        lines.append(feature_label if feature_label.startswith("FID/KID skipped")
+                     else f"FID/KID skipped (features: {feature_label}).")
+    if perceptual_label is not None:
+        lines.append(f"Perceptual distance: {perceptual_label}.")
     if failed:
         lines.append(f"\n{len(failed)} image(s) failed: " + ", ".join(str(f["index"]) for f in failed))
     markdown = "\n".join(lines) + "\n"

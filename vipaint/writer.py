@@ -3,7 +3,11 @@
 Files under `output_dir` (written by the rank that processed the image, atomically):
     samples/<index>.npz   samples [S, C, H, W], composite, observation y, ground truth, mask, ELBO trace
     panels/<index>.png    observation | samples | ground truth
-    metrics/<index>.json  per-image metrics (written last: its presence marks the index as done)
+    features/<index>.pt   FID features of ground truth, composites and raw samples (`vipaint.bench.features`)
+    timing/<index>.json   wall-clock seconds per image of its batch (kept out of metrics/, which must not
+                          differ between identical runs)
+    metrics/<index>.json  per-image metrics, perceptual distance, diversity, decoder/encoder calls and
+                          seconds per image (written last: its presence marks the index as done)
     failed/<index>.json   the reason an image failed (a rerun retries it)
     settings.json         what determines the results (method, options, prior, operator, data, masks,
                           seeds), written just before the first result (not by a run that stops on an error
@@ -12,10 +16,11 @@ Files under `output_dir` (written by the rank that processed the image, atomical
 Resume: at setup the writer hands its `is_done` to the `InverseProblemDataModule` (`skip_done`), which then
 yields only the indices without outputs (with another datamodule every index is computed and rewritten).
 At the end of the predict run (`teardown`, reached by every rank, also when a rank had nothing to compute),
-after a barrier, rank 0 builds `metrics.csv`, `metrics.md`, `metrics.json` (means per mask type and
-overall) and an ELBO-curve plot from the files, and `throughput.json` (images and seconds of each rank,
-from ranks/<rank>.json), and logs them to the logger. Since the report is built
-from files, a resumed or multi-GPU run reports every index exactly once.
+after a barrier, rank 0 builds `metrics.csv`, `metrics_per_mask.csv`, `metrics.md`, `metrics.json` (means
+per mask type and overall, FID/KID from the feature files of every rank) and an ELBO-curve plot from the
+files, and `throughput.json` (images and seconds of each rank, from ranks/<rank>.json), and logs them to the
+logger (`vipaint.run_log`). Since the report is built from files, a resumed or multi-GPU run reports every
+index exactly once and gives the same FID/KID.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from vipaint.data import InverseProblemDataModule
 from vipaint.methods import METHODS
 from vipaint.provenance import atomic_write, clean_temporary, folder_hashes, load_problem, move_aside, prior_folder
 from vipaint.report import build_report, panel
+from vipaint.run_log import configure_wandb, log_run, observation_records, run_metric_networks
 
 if TYPE_CHECKING:
     from vipaint.module import Prediction
@@ -68,12 +74,20 @@ class PredictionWriter(BasePredictionWriter):
             (e.g. results/fashion_mnist/{method}).
         max_panel_samples: samples shown per panel.
         log_images: number of panels logged to the logger.
+        fid: compute FID/KID (features saved per index as it is written; `vipaint.bench.features`).
+        fid_raw: also FID/KID of the raw samples where they differ from the composites (inpainting);
+            False halves the feature extraction (1 + S instead of 1 + 2S images per observation).
+        perceptual: perceptual distance per image, a kind of `vipaint.metrics.perceptual_metric`
+            ("auto": LPIPS if its backbone file is local, else ST-LPIPS, else skipped; "none").
     """
 
-    def __init__(self, output_dir: str = "results/{method}", *, max_panel_samples: int = 4, log_images: int = 16) -> None:
+    def __init__(self, output_dir: str = "results/{method}", *, max_panel_samples: int = 4, log_images: int = 16,
+                 fid: bool = True, fid_raw: bool = True, perceptual: str = "auto") -> None:
         super().__init__(write_interval="batch")
         self.template = str(output_dir)
         self.max_panel_samples, self.log_images = max_panel_samples, log_images
+        self.fid, self.fid_raw, self.perceptual = fid, fid_raw, perceptual
+        self.networks = run_metric_networks(False, "none")
         self.set_output_dir(self.template.replace("{method}", "_pending") if "{method}" in self.template
                             else self.template, create="{method}" not in self.template)
 
@@ -103,6 +117,16 @@ class PredictionWriter(BasePredictionWriter):
             check_settings(self.output_dir, self.pending_settings, write=False)
             if isinstance(datamodule, InverseProblemDataModule):
                 datamodule.skip_done(self.is_done)
+            self.setup_metrics(trainer, pl_module)
+
+    def setup_metrics(self, trainer, pl_module) -> None:  # noqa: ANN001
+        """The FID feature network and the perceptual distance on the module's device (built once per
+        device and options), and the W&B run's group and name."""
+        key = (self.fid, self.fid_raw, self.perceptual, str(pl_module.device))
+        if getattr(self, "_networks_key", None) != key:
+            self.networks = run_metric_networks(self.fid, self.perceptual, pl_module.device, raw=self.fid_raw)
+            self._networks_key = key
+        configure_wandb(trainer, pl_module)
 
     def on_predict_start(self, trainer, pl_module) -> None:  # noqa: ANN001
         # the outputs go to files; keeping every batch's samples in memory would grow without bound on a
@@ -162,6 +186,7 @@ class PredictionWriter(BasePredictionWriter):
         of each image's input files) go into its metrics record, for `is_done` to compare on a rerun."""
         p, res = prediction, prediction.result
         self.write_pending_settings()
+        extra = observation_records(p, self.output_dir, self.networks)     # saves features/<index>.pt
         for b, index in enumerate(p.index.tolist()):
             self.n_written = getattr(self, "n_written", 0) + 1     # computed by this rank (failed ones too)
             name = f"{index:06d}"
@@ -181,6 +206,7 @@ class PredictionWriter(BasePredictionWriter):
                    "n_backprop": res.n_backprop}
             rec.update({k: float(v[b]) for k, v in p.metrics.items()})
             rec.update(fingerprints[b] if fingerprints is not None else {})
+            rec.update(extra[b])
             _atomic(self.output_dir / "metrics" / f"{name}.json", partial(Path.write_text, data=json.dumps(rec)))
             failed = self.output_dir / "failed" / f"{name}.json"
             if failed.exists():
@@ -226,12 +252,17 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             print(rank_throughput(self.output_dir))
-            report = build_report(self.output_dir, indices=self.run_indices(trainer))
-            _log(trainer, report, self.output_dir, self.log_images)
+            report = build_report(self.output_dir, indices=self.run_indices(trainer),
+                                  features=self.networks.features, feature_label=self.networks.feature_label,
+                                  perceptual_label=self.networks.perceptual_label, raw=self.networks.raw)
+            hints = log_run(trainer, report, self.output_dir,
+                            run_settings(pl_module, getattr(trainer, "datamodule", None)), self.log_images)
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
                   + (f", {n_failed} failed (see failed/)" if n_failed else "")
-                  + "; panels/, metrics.md, metrics.csv, metrics.json, elbo.png\n" + report["markdown"])
+                  + "; panels/, metrics.md, metrics.csv, metrics_per_mask.csv, metrics.json, elbo.png\n" + report["markdown"])
+            for line in hints:
+                print(line)
         trainer.strategy.barrier()
 
 
@@ -350,16 +381,3 @@ def check_fingerprint(f: Path, old: dict, fingerprint: dict[str, str] | None, *,
                 f"{f}: the {what} file of dataset index {index} ({path}) changed since it was computed ({key} "
                 f"{old[key][:12]}… -> {value[:12]}…). Write to a new folder, or delete {f} to recompute it.")
 
-
-def _log(trainer, report: dict, out: Path, n_images: int) -> None:  # noqa: ANN001
-    for logger in trainer.loggers:
-        logger.log_metrics({f"summary/{k}": v for k, v in report["overall"].items()
-                            if isinstance(v, (int, float))}, step=0)
-        if hasattr(logger, "log_table"):
-            cols = report["columns"]
-            logger.log_table("per_image", columns=cols, data=[[r.get(c) for c in cols] for r in report["rows"]])
-            panels = sorted((out / "panels").glob("*.png"))[:n_images]
-            if panels:
-                logger.log_image("panels", images=[str(p) for p in panels], caption=[p.stem for p in panels])
-            if (out / "elbo.png").exists():
-                logger.log_image("elbo_curves", images=[str(out / "elbo.png")])

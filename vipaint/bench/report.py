@@ -20,6 +20,8 @@ from torch import nn
 
 from vipaint.bench.features import (
     CachedFeatures,
+    distribution_metrics,
+    feature_network,
     load_saved_features,
     save_observation_features,
 )
@@ -57,23 +59,11 @@ def save_item_features(cached: CachedFeatures, method_dir: Path, items: list[dic
 
 
 def _distribution_metrics(items: list[dict], features: nn.Module | None, chunk: int = 64) -> dict:
-    from vipaint.metrics import make_fid, make_kid
-
-    if features is None or not items:
+    if not items:
         return {}
     fake = torch.cat([it["composite"] for it in items])
     real = torch.stack([it["image"] for it in items])
-    if len(real) < 2:          # a covariance needs two images: FID/KID are left out, not faked
-        return {"n_fake": len(fake), "n_real": len(real)}
-    fid, kid = make_fid(features), make_kid(features, subset_size=1000)
-    for metric in (fid, kid):
-        for i in range(0, len(real), chunk):
-            metric.update(real[i:i + chunk], real=True)
-        for i in range(0, len(fake), chunk):
-            metric.update(fake[i:i + chunk], real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
-            "kid_subset": kid.subset_size_used, "n_fake": len(fake), "n_real": len(real)}
+    return distribution_metrics(real, fake, features, chunk)
 
 
 def _per_item_metrics(items: list[dict], perceptual) -> dict:
@@ -118,15 +108,7 @@ def previous_rows(out: Path) -> tuple[dict[str, list[dict]], str | None]:
 
 def _feature_network(out: Path, fid: bool) -> tuple[CachedFeatures | None, str]:
     """The cached FID feature network (None when FID/KID are skipped) and its label."""
-    from vipaint.metrics import default_inception
-
-    if not fid:
-        return None, "FID/KID skipped"
-    try:
-        net, label = default_inception()
-    except FileNotFoundError as err:
-        return None, f"FID/KID skipped: {err}"
-    features = CachedFeatures(net) if isinstance(net, nn.Module) else None
+    features, label = feature_network(fid)
     if features is not None:
         features.load(legacy_feature_cache(out))
     return features, label

@@ -3,7 +3,9 @@
 torchmetrics passes images to a custom feature module unchanged and, with ``normalize=True``, expects
 float images in [0, 1]; the subclasses below take [−1, 1] images and convert them in one place
 (`to_unit_rgb`). The label of each metric says which Inception produced the features — FID values
-are only comparable between runs with the same label.
+are only comparable between runs with the same label. The metrics never synchronise across processes
+(``sync_on_compute=False``): a multi-GPU predict run computes them on rank 0 from every rank's feature
+files, so a collective call there would wait for ranks that never make it.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def make_fid(feature: nn.Module | None = None, reset_real_features: bool = True)
         The metric; ``metric.label`` names the feature network.
     """
     feat, label = default_inception() if feature is None else (feature, _feature_label(feature))
-    metric = FID(feature=feat, normalize=True, reset_real_features=reset_real_features)
+    metric = FID(feature=feat, normalize=True, reset_real_features=reset_real_features, sync_on_compute=False)
     metric.set_dtype(torch.float64)
     metric.label = label
     return metric
@@ -156,7 +158,7 @@ def make_kid(
     size = min(subset_size, num_samples) if num_samples is not None else subset_size
     metric = KID(
         feature=feat, subsets=subsets, subset_size=max(int(size), 1), normalize=True,
-        reset_real_features=reset_real_features,
+        reset_real_features=reset_real_features, sync_on_compute=False,
     )
     metric.requested_subset_size = max(int(size), 1)
     metric.label = label

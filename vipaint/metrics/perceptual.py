@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vipaint.metrics.features import hub_checkpoint
 
-__all__ = ["LPIPS_BACKBONE_FILES", "PerceptualDistance", "perceptual_metric"]
+__all__ = ["LPIPS_BACKBONE_FILES", "LPIPS_MIN_SIZE", "PerceptualDistance", "perceptual_metric"]
 
 LPIPS_BACKBONE_FILES: dict[str, str] = {
     "vgg": "vgg16-397923af.pth",
@@ -29,14 +29,17 @@ class PerceptualDistance(nn.Module):
         net: module called as ``net(a, b)`` on [N, 3, H, W] images in [−1, 1], returning N values
             (any shape that flattens to [N], e.g. [N, 1, 1, 1]).
         label: what the distance is, for reports.
+        min_size: images whose height or width is below it are first resized (bilinear) so that the
+            smaller side is `min_size` (LPIPS's AlexNet has no spatial extent left at 28 px, VGG at
+            16 px); 0 = never. Larger images are passed unchanged.
     """
 
-    def __init__(self, net: nn.Module, label: str) -> None:
+    def __init__(self, net: nn.Module, label: str, min_size: int = 0) -> None:
         super().__init__()
         self.net = net.eval()
         for param in self.net.parameters():
             param.requires_grad_(False)
-        self.label = label
+        self.label, self.min_size = label, min_size
 
     def train(self, mode: bool = True) -> PerceptualDistance:
         """Keep the network in eval mode (it is a fixed metric)."""
@@ -53,7 +56,7 @@ class PerceptualDistance(nn.Module):
         Returns:
             [N] distances.
         """
-        a, b = (_rgb(t.float().clamp(-1.0, 1.0)) for t in (a, b))
+        a, b = (_upsample(_rgb(t.float().clamp(-1.0, 1.0)), self.min_size) for t in (a, b))
         return self.net(a, b).reshape(a.shape[0], -1).mean(1)
 
 
@@ -62,12 +65,26 @@ def _rgb(x: Tensor) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
+def _upsample(x: Tensor, min_size: int) -> Tensor:
+    """Bilinear resize of a batch whose smaller side is below `min_size`, to smaller side `min_size`."""
+    h, w = x.shape[-2:]
+    if min(h, w) >= min_size:
+        return x
+    scale = min_size / min(h, w)
+    size = (max(min_size, round(h * scale)), max(min_size, round(w * scale)))
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(-1.0, 1.0)
+
+
+LPIPS_MIN_SIZE = 32     # smaller images are upsampled for LPIPS (see `PerceptualDistance`)
+
+
 def _lpips(net_type: str) -> PerceptualDistance:
     """Standard LPIPS through torchmetrics (backbone from the local torch hub cache)."""
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
     metric = LearnedPerceptualImagePatchSimilarity(net_type=net_type, reduction="none")  # type: ignore[arg-type]
-    return PerceptualDistance(metric.net, f"LPIPS ({net_type}, torchmetrics v0.1)")
+    return PerceptualDistance(metric.net, f"LPIPS ({net_type}, torchmetrics v0.1; images under "
+                              f"{LPIPS_MIN_SIZE} px upsampled bilinearly to {LPIPS_MIN_SIZE})", LPIPS_MIN_SIZE)
 
 
 def _stlpips(net_type: str) -> tuple[PerceptualDistance | None, str]:
@@ -80,7 +97,8 @@ def _stlpips(net_type: str) -> tuple[PerceptualDistance | None, str]:
     except ImportError as err:
         return None, f"ST-LPIPS skipped: stlpips_pytorch not importable ({err}); pip install stlpips-pytorch"
     net = stlpips.LPIPS(net=net_type, variant="shift_tolerant")
-    dist = PerceptualDistance(net, f"ST-LPIPS (not comparable to LPIPS; {net_type})")
+    dist = PerceptualDistance(net, f"ST-LPIPS (not comparable to LPIPS; {net_type}; images under {LPIPS_MIN_SIZE} px "
+                              f"upsampled bilinearly to {LPIPS_MIN_SIZE})", LPIPS_MIN_SIZE)
     return dist, dist.label
 
 
