@@ -43,11 +43,11 @@ def test_torchrun_two_nodes_match_one_process(tmp_path, tiny_pixel_prior, tiny_i
     """`torchrun --nnodes 2 --nproc-per-node 1` (two node ranks on localhost, gloo) gives the per-index
     samples and metrics of a one-process run, bit for bit."""
     one, two = tmp_path / "one", tmp_path / "two"
-    cfg1 = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, one, batch_size=1)
+    cfg1 = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, one, batch_size=1, fid=False)
     proc = subprocess.run([sys.executable, *_predict(cfg1)], cwd=tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg2 = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, two, batch_size=1)
+    cfg2 = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, two, batch_size=1, fid=False)
     port = _free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(r), "--master-addr", "127.0.0.1", "--master-port", str(port),
@@ -75,11 +75,11 @@ def test_sigkill_at_several_moments_then_resume_matches_an_uninterrupted_run(tmp
     """Acceptance of issue 22: a run killed by SIGKILL at several moments, each time resumed, ends with the
     per-index results of a run never interrupted."""
     ref, run = tmp_path / "ref", tmp_path / "run"
-    cfg_ref = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, ref, batch_size=1)
+    cfg_ref = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, ref, batch_size=1, fid=False)
     proc = subprocess.run([sys.executable, *_predict(cfg_ref)], cwd=tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, run, batch_size=1)
+    cfg = _config(tmp_path, tiny_pixel_prior, tiny_imagefolder, run, batch_size=1, fid=False)
     # killed: during start-up, then as soon as more than 1 and 4 indices of the 6 are done (each run
     # resumes the previous one, so every kill lands inside the computing of a later index)
     alive = []
