@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from vipaint.seeding import ImageRNG
 
-__all__ = ["LinearOperator", "Inpainting", "GaussianBlur", "Downsample", "Identity", "operator_matrix"]
+__all__ = ["LinearOperator", "Inpainting", "GaussianBlur", "Downsample", "Identity", "operator_matrix",
+           "gaussian_kernel_1d", "reflect_correlation_matrix", "tikhonov_separable"]
 
 
 def _flat(x: Tensor, fn, *, tail: int = 3) -> Tensor:
