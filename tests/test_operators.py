@@ -5,14 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vipaint.operators import Downsample, GaussianBlur, Identity, Inpainting, LinearOperator, operator_matrix
+from vipaint.operators import (
+    Downsample,
+    GaussianBlur,
+    Identity,
+    Inpainting,
+    LinearOperator,
+    gaussian_kernel_1d,
+    operator_matrix,
+    reflect_correlation_matrix,
+)
 from vipaint.seeding import ImageRNG
 
 B = 2
 OPS = ["inpainting", "blur", "down2-area", "down2-bicubic", "down4-area", "down4-bicubic", "identity"]
 SHAPES = [(1, 8, 8), (3, 8, 8), (1, 16, 16), (3, 16, 16)]
-EXACT = {"inpainting", "identity", "down2-area", "down4-area"}  # closed-form A⁺; the rest use CG
-
 
 
 
@@ -100,29 +107,116 @@ def test_broadcast_over_sample_dim(name, shape):
         torch.testing.assert_close(adj[i], op.adjoint(y[i], shape), rtol=0, atol=1e-12)
 
 
+def dense_matrix(op: LinearOperator, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Dense float64 matrices [B, P, D] of `op`, from its forward map on float64 basis images."""
+    d = torch.Size(shape).numel()
+    basis = torch.eye(d, dtype=torch.float64).reshape(d, 1, *shape).expand(d, B, *shape)
+    return op(basis).reshape(d, B, -1).permute(1, 2, 0)
+
+
+def dense_regularised_lstsq(a: torch.Tensor, y: torch.Tensor, delta: float) -> torch.Tensor:
+    """argmin ‖A x − y‖² + δ‖x‖² per image (δ = 0: the minimum-norm least-squares solution A⁺y), float64."""
+    if delta == 0:
+        return (torch.linalg.pinv(a) @ y[..., None])[..., 0]
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    return torch.linalg.solve(a.mT @ a + delta * eye, (a.mT @ y[..., None]))[..., 0]
+
+
 @ops
 @params
 def test_pinv_reproduces_measurement(name, shape):
+    """A(A⁺y) = y to 1e-4 relative for every operator (all have full row rank), y = A x for a random x.
+
+    Inpainting, identity and SR have an exact A⁺ (A A⁺ = I). The blur is square but badly conditioned, so
+    its A⁺ is Tikhonov-regularised: along a singular direction with value σ the residual of y = A x is
+    y · δ / (σ² + δ). The test therefore takes δ = 1e-12 σ_max², far below the smallest σ² of these
+    kernels on these sizes (≈ 1e-7: σ_min ≈ 0.018 per 1-D factor at 8 px), so A A⁺ = I to ~1e-5. It takes
+    y = A x, not a random y: the operator blurs with the float32-rounded kernel while A⁺ inverts the
+    float64 kernel, and a random y would put O(1) weight on directions that A⁺ amplifies by 1/σ_min², turning
+    that rounding into O(1) errors; y = A x has only O(σ) weight there.
+    """
     op = make_op(name, shape)
     x = rand(B, *shape, seed=7)
     y = op(x)
-    xp = op.pinv(y, shape)
-    assert xp.shape == x.shape
-    back = op(xp)
-    if name in EXACT:
-        torch.testing.assert_close(back, y, rtol=1e-10, atol=1e-10)
-    else:  # regularised conjugate gradients: δ = 1e-4 bounds the residual by ~√δ/2 per singular direction
-        rel = (back - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1)
-        assert (rel < 2.5e-2).all(), rel
-        # and CG converges to the dense regularised solution (AᵀA + δI)⁻¹ Aᵀ y
-        A = operator_matrix(op, shape).double()[0]
-        ref = torch.linalg.solve(A.T @ A + 1e-4 * torch.eye(A.shape[1], dtype=A.dtype), A.T @ y.flatten(1).T).T
-        err = (xp.flatten(1) - ref).norm(dim=1) / ref.norm(dim=1)
-        assert (err < 1e-2).all(), err
+    xp = op.pinv(y, shape, delta=1e-12) if name == "blur" else op.pinv(y, shape)
+    assert xp.shape == x.shape and xp.dtype == y.dtype
+    rel = (op(xp) - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1)
+    assert (rel < (1e-4 if name == "blur" else 1e-12)).all(), rel
     if name in ("down2-area", "down4-area"):  # A⁺ is the minimum-norm solution: nearest upsampling
         f = int(name[4])
         up = torch.nn.functional.interpolate(y, scale_factor=f, mode="nearest")
         torch.testing.assert_close(xp, up, rtol=1e-12, atol=1e-12)
+
+
+@ops
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2, 8, 12)], ids=["1x8x8", "2x8x12"])
+def test_pinv_is_the_dense_regularised_lstsq_solution(name, shape):
+    """A⁺y against argmin ‖Ax − y‖² + δ‖x‖² solved densely in float64 for a random y (not in the range of
+    A for inpainting): δ = delta · ‖A‖₂² for the blur (default delta = 1e-4 and a small one), δ → 0 (the
+    Moore–Penrose solution) for the others. The blur's dense A is built by its conv2d forward map with
+    the kernel in float64 (the operator's buffer is float32-rounded; A⁺ inverts the exact kernel)."""
+    op = make_op(name, shape)
+    if name == "blur":
+        r = torch.arange(5, dtype=torch.float64) - 2
+        g = torch.exp(-r ** 2 / (2 * 1.5 ** 2))
+        op.kernel = torch.outer(g, g) / torch.outer(g, g).sum()
+    a = dense_matrix(op, shape)
+    y = rand(B, *expected_out_shape(name, shape), seed=10)
+    for delta in ((1e-4, 1e-8) if name == "blur" else (0.0,)):
+        xp = op.pinv(y, shape, delta=delta) if name == "blur" else op.pinv(y, shape)
+        scale = float(torch.linalg.matrix_norm(a[0], ord=2)) ** 2 if name == "blur" else 0.0
+        ref = dense_regularised_lstsq(a, y.flatten(1), delta * scale)
+        err = (xp.flatten(1) - ref).norm(dim=1) / ref.norm(dim=1)
+        assert (err < (1e-7 if name == "blur" else 1e-12)).all(), err
+
+
+def test_blur_pinv_default_delta_is_relative_and_bounded():
+    """Default δ = 1e-4 σ_max(A)²: the Tikhonov bound ‖A A⁺ A x − A x‖ ≤ (√δ / 2) ‖x‖ holds per image
+    (each singular direction's residual is σ c δ / (σ² + δ) ≤ c √δ / 2), and the residual is not 0."""
+    shape = (3, 16, 16)
+    op = make_op("blur", shape)
+    x = rand(B, *shape, seed=11)
+    y = op(x)
+    xp = op.pinv(y, shape)
+    delta = 1e-4 * float(torch.linalg.matrix_norm(dense_matrix(op, shape)[0], ord=2)) ** 2
+    res = (op(xp) - y).flatten(1).norm(dim=1)
+    assert (res <= 0.5 * delta ** 0.5 * x.flatten(1).norm(dim=1)).all()
+    assert (res > 1e-6 * y.flatten(1).norm(dim=1)).all()    # the default does regularise (not a no-op)
+
+
+def test_reflect_correlation_matrix_is_the_blur():
+    """The separable 1-D matrices reproduce the 2-D reflect-padded blur: A x = K_h X K_wᵀ per channel."""
+    op = GaussianBlur(kernel_size=7, sigma=1.5)
+    x = rand(B, 2, 8, 12, seed=12)
+    k1 = gaussian_kernel_1d(7, 1.5)
+    torch.testing.assert_close(reflect_correlation_matrix(8, k1) @ x @ reflect_correlation_matrix(12, k1).T, op(x),
+                               rtol=1e-6, atol=1e-7)   # the forward map uses the float32-rounded 2-D kernel
+
+
+@pytest.mark.parametrize("name", ["blur", "down2-bicubic"])
+def test_pinv_batched_dtypes_and_cache(name):
+    """A⁺ broadcasts over a leading sample dim, keeps the input's dtype, and caches per dtype / size."""
+    shape = (3, 8, 8)
+    op = make_op(name, shape)
+    y = op(rand(3, B, *shape, seed=13))
+    xp = op.pinv(y, shape)
+    assert xp.shape == (3, B, *shape) and xp.dtype == torch.float64
+    for i in range(3):
+        torch.testing.assert_close(xp[i], op.pinv(y[i], shape), rtol=0, atol=1e-12)
+    x32 = op.pinv(y.float(), shape)
+    assert x32.dtype == torch.float32
+    torch.testing.assert_close(x32.double(), xp, rtol=1e-4, atol=1e-4)
+    big = op.pinv(op(rand(B, 3, 16, 16, seed=14)), (3, 16, 16))   # another size: its own factors
+    assert big.shape == (B, 3, 16, 16)
+
+
+def test_base_operator_needs_a_closed_form_pinv():
+    class Scale(LinearOperator):
+        def forward(self, x):
+            return 2 * x
+
+    with pytest.raises(NotImplementedError, match="pseudo-inverse"):
+        Scale().pinv(torch.zeros(1, 1, 2, 2), (1, 2, 2))
 
 
 @ops

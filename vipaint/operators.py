@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from vipaint.seeding import ImageRNG
 
-__all__ = ["LinearOperator", "Inpainting", "GaussianBlur", "Downsample", "Identity", "operator_matrix"]
+__all__ = ["LinearOperator", "Inpainting", "GaussianBlur", "Downsample", "Identity", "operator_matrix",
+           "gaussian_kernel_1d", "reflect_correlation_matrix", "tikhonov_separable"]
 
 
 def _flat(x: Tensor, fn, *, tail: int = 3) -> Tensor:
@@ -28,9 +29,8 @@ def _flat(x: Tensor, fn, *, tail: int = 3) -> Tensor:
 class LinearOperator(nn.Module):
     """A linear forward map A with Gaussian noise of std `sigma_y`.
 
-    Subclasses implement `forward`; `adjoint` defaults to an exact vector-Jacobian product and
-    `pinv` to a regularised conjugate-gradient solve of (AᵀA + δI) x = Aᵀy, both overridden where a
-    closed form exists.
+    Subclasses implement `forward` and `pinv` (in closed form: exact up to float rounding); `adjoint`
+    defaults to an exact vector-Jacobian product, overridden where a closed form exists.
     """
 
     def __init__(self, *, sigma_y: float = 0.05) -> None:
@@ -67,26 +67,13 @@ class LinearOperator(nn.Module):
             (g,) = torch.autograd.grad(self.forward(x0), x0, grad_outputs=y)
         return g
 
-    def pinv(self, y: Tensor, image_shape: tuple[int, int, int], *, delta: float = 1e-4,
-             iters: int = 100) -> Tensor:
-        """A⁺y ≈ argmin ‖Ax − y‖² + δ‖x‖², by conjugate gradients (batched, per image)."""
-        b = self.adjoint(y, image_shape)
-        x = torch.zeros_like(b)
-        r = b.clone()
-        p = r.clone()
-        dims = tuple(range(-3, 0))
-        rs = (r * r).sum(dims, keepdim=True)
-        for _ in range(iters):
-            ap = self.adjoint(self.forward(p), image_shape) + delta * p
-            alpha = rs / (p * ap).sum(dims, keepdim=True).clamp_min(1e-30)
-            x = x + alpha * p
-            r = r - alpha * ap
-            rs_new = (r * r).sum(dims, keepdim=True)
-            if float(rs_new.max()) < 1e-20:
-                break
-            p = r + rs_new / rs.clamp_min(1e-30) * p
-            rs = rs_new
-        return x
+    def pinv(self, y: Tensor, image_shape: tuple[int, int, int], *, delta: float = 1e-4) -> Tensor:
+        """A⁺y, the (regularised) least-squares solution argmin ‖Ax − y‖² + δ‖x‖², δ = delta · σ_max(A)².
+
+        Every operator implements it in closed form. `delta` only matters where A is badly conditioned
+        (the Gaussian blur); the other operators have an exact Moore–Penrose A⁺ (δ → 0) and ignore it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement its pseudo-inverse in closed form")
 
     def observe(self, x: Tensor, rng: ImageRNG | None = None) -> Tensor:
         """y = A(x) + σ_y n, with n drawn from each image's own stream (x: [B, C, H, W])."""
@@ -165,6 +152,41 @@ def gaussian_kernel(kernel_size: int, sigma: float) -> Tensor:
     return (k / k.sum()).float()
 
 
+def gaussian_kernel_1d(kernel_size: int, sigma: float) -> Tensor:
+    """Normalised 1-D Gaussian kernel [k] in float64; `gaussian_kernel` is its outer product with itself."""
+    r = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def reflect_correlation_matrix(n: int, kernel_1d: Tensor) -> Tensor:
+    """Dense [n, n] matrix K of a 1-D correlation with an odd kernel k under reflect padding.
+
+    (K x)_i = Σ_t k_t x_r(i + t − p), p = len(k) // 2, with r(j) = −j for j < 0 and 2(n − 1) − j for
+    j > n − 1 (`F.pad(mode="reflect")`; needs p < n). Entries add up where two taps reflect onto one pixel.
+    """
+    k = kernel_1d.shape[0]
+    idx = torch.arange(n)[:, None] + torch.arange(k)[None, :] - k // 2
+    idx = torch.where(idx < 0, -idx, idx)
+    idx = torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+    return torch.zeros(n, n, dtype=kernel_1d.dtype).scatter_add_(1, idx, kernel_1d.expand(n, k).contiguous())
+
+
+SVD = tuple[Tensor, Tensor, Tensor]
+"""(U, s, V) of a matrix K = U diag(s) Vᵀ, s in decreasing order."""
+
+
+def tikhonov_separable(y: Tensor, svd_h: SVD, svd_w: SVD, delta: float) -> Tensor:
+    """x = (AᵀA + δI)⁻¹ Aᵀ y for A = K_h ⊗ K_w acting on the last two dims of y (X ↦ K_h X K_wᵀ).
+
+    With K = U diag(s) Vᵀ, A = (U_h ⊗ U_w)(S_h ⊗ S_w)(V_h ⊗ V_w)ᵀ, so
+    X = V_h [(U_hᵀ Y U_w) ⊙ σ / (σ² + δ)] V_wᵀ with σ = s_h s_wᵀ (δ absolute here).
+    """
+    (u_h, s_h, v_h), (u_w, s_w, v_w) = svd_h, svd_w
+    sigma = s_h[:, None] * s_w[None, :]
+    return v_h @ ((u_h.mT @ y @ u_w) * (sigma / (sigma.square() + delta))) @ v_w.mT
+
+
 class GaussianBlur(LinearOperator):
     """A(x) = k ∗ x with a Gaussian kernel (paper: 61×61, σ = 3 at 256²), reflect padding, per channel."""
 
@@ -178,22 +200,56 @@ class GaussianBlur(LinearOperator):
             raise ValueError(f"blur sigma must be > 0, got {sigma}")
         self.kernel_size, self.sigma = kernel_size, float(sigma)
         self.register_buffer("kernel", gaussian_kernel(kernel_size, sigma))
+        self._svd_cache: dict[tuple, tuple[SVD, SVD, float]] = {}
+
+    def _check_size(self, size: tuple[int, ...]) -> None:
+        if self.kernel_size // 2 >= min(size):
+            raise ValueError(f"blur kernel {self.kernel_size} too large for images of size "
+                             f"{tuple(size)}: reflect padding needs kernel_size // 2 < image side")
 
     def _blur(self, x: Tensor) -> Tensor:
         c, pad = x.shape[1], self.kernel_size // 2
-        if pad >= min(x.shape[-2:]):
-            raise ValueError(f"blur kernel {self.kernel_size} too large for images of size "
-                             f"{tuple(x.shape[-2:])}: reflect padding needs kernel_size // 2 < image side")
+        self._check_size(x.shape[-2:])
         w = self.kernel.to(x)[None, None].expand(c, 1, -1, -1)
         return F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), w, groups=c)
 
     def forward(self, x: Tensor) -> Tensor:
         return _flat(x, self._blur)
 
+    def _svds(self, h: int, w: int, like: Tensor) -> tuple[SVD, SVD, float]:
+        """SVDs of the 1-D blur matrices K_h, K_w and σ_max(A)² = (σ_max(K_h) σ_max(K_w))².
+
+        Computed in float64 on the CPU, cached per size, device and dtype.
+        """
+        key = (h, w, like.device, like.dtype)
+        if key not in self._svd_cache:
+            k1 = gaussian_kernel_1d(self.kernel_size, self.sigma)
+            svds = [torch.linalg.svd(reflect_correlation_matrix(n, k1)) for n in (h, w)]
+            svd_h, svd_w = ((u.to(like), s.to(like), vh.mT.to(like)) for u, s, vh in svds)
+            self._svd_cache[key] = (svd_h, svd_w, float(svds[0].S[0] * svds[1].S[0]) ** 2)
+        return self._svd_cache[key]
+
+    def pinv(self, y: Tensor, image_shape: tuple[int, int, int] | None = None, *,
+             delta: float = 1e-4) -> Tensor:
+        """A⁺y = (AᵀA + δI)⁻¹ Aᵀ y with δ = delta · σ_max(A)², exactly (`tikhonov_separable`).
+
+        Reflect padding makes A non-circulant (no FFT diagonalisation), but the kernel is separable, so
+        A = K_h ⊗ K_w per channel, with the SVDs of the small 1-D matrices (`reflect_correlation_matrix`)
+        and σ_max(A) = σ_max(K_h) σ_max(K_w) (≈ 1: the kernel is normalised). A is square but badly
+        conditioned (numerically singular for the paper's 61×61, σ = 3 kernel at 256²), hence δ > 0:
+        directions with σ² ≫ δ are inverted exactly, those with σ² ≪ δ are damped, and ‖A⁺y‖ ≤ ‖y‖ / (2√δ)
+        (δ is relative, so the same `delta` means the same damping whatever the kernel's gain).
+        `image_shape` is not needed (A keeps the size).
+        """
+        self._check_size(y.shape[-2:])
+        svd_h, svd_w, s_max2 = self._svds(y.shape[-2], y.shape[-1], y)
+        return tikhonov_separable(y, svd_h, svd_w, float(delta) * s_max2)
+
 
 class Downsample(LinearOperator):
-    """Super-resolution operator: ×`factor` downsampling by area averaging (exact Aᵀ, A⁺) or
-    antialiased bicubic interpolation (adjoint by VJP, A⁺ by conjugate gradients)."""
+    """Super-resolution operator: ×`factor` downsampling by area averaging or antialiased bicubic
+    interpolation. Both have full row rank, so A⁺ is the exact Moore–Penrose pseudo-inverse, A A⁺ = I
+    (area: nearest upsampling; bicubic: the pseudo-inverses of its separable 1-D matrices)."""
 
     name = "sr"
 
@@ -204,6 +260,7 @@ class Downsample(LinearOperator):
         if mode not in ("area", "bicubic"):
             raise ValueError(f"mode must be 'area' or 'bicubic', got {mode!r}")
         self.factor, self.mode = int(factor), mode
+        self._pinv_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def _down(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
@@ -223,10 +280,28 @@ class Downsample(LinearOperator):
             return _flat(y, up) / self.factor ** 2
         return super().adjoint(y, image_shape)
 
-    def pinv(self, y: Tensor, image_shape: tuple[int, int, int], **kw: float) -> Tensor:
+    def bicubic_matrix(self, n: int) -> Tensor:
+        """The 1-D bicubic downsampling matrix D [n / factor, n] in float64; A = D_h ⊗ D_w.
+
+        Read off the forward map (PyTorch applies the antialiased filter separably) on basis images of
+        width 2·factor: with an output side of 1 PyTorch returns wrong values along the other axis.
+        """
+        basis = torch.eye(n, dtype=torch.float64)[:, None, :, None].expand(n, 1, n, 2 * self.factor)
+        return self._down(basis.contiguous())[:, 0, :, 0].T
+
+    def _bicubic_pinvs(self, h: int, w: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(D_h⁺, D_w⁺), computed in float64 on the CPU and cached per size, device and dtype."""
+        key = (h, w, like.device, like.dtype)
+        if key not in self._pinv_cache:
+            self._pinv_cache[key] = tuple(torch.linalg.pinv(self.bicubic_matrix(n)).to(like) for n in (h, w))
+        return self._pinv_cache[key]
+
+    def pinv(self, y: Tensor, image_shape: tuple[int, int, int], **_: float) -> Tensor:
+        """Exact A⁺y (any `delta` is ignored: A A⁺ = I)."""
         if self.mode == "area":  # A Aᵀ = I / f², so A⁺ = f² Aᵀ = nearest upsampling
             return self.adjoint(y, image_shape) * self.factor ** 2
-        return super().pinv(y, image_shape, **kw)
+        p_h, p_w = self._bicubic_pinvs(image_shape[-2], image_shape[-1], y)
+        return p_h @ y @ p_w.mT  # (D_h ⊗ D_w)⁺ = D_h⁺ ⊗ D_w⁺
 
 
 def operator_matrix(op: LinearOperator, image_shape: tuple[int, int, int]) -> Tensor:
