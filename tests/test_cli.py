@@ -55,7 +55,8 @@ def test_predict_end_to_end_and_resume(tmp_path, tiny_pixel_prior, tiny_imagefol
     # progress inside each batch; stderr is not a terminal here, so log lines at the end of each stage
     err = capsys.readouterr().err
     for b in (1, 2, 3):
-        assert re.search(rf"^\[vipaint\] batch {b}/3 · VIPaint fit 2/2 · elbo -?[0-9.e+]+ · \d+ s$", err, re.MULTILINE), err
+        line = rf"^\[vipaint\] batch {b}/3 · VIPaint fit 2/2 · elbo -?[0-9.e+]+ · \d+ s$"
+        assert re.search(line, err, re.MULTILINE), err
         assert re.search(rf"^\[vipaint\] batch {b}/3 · VIPaint refine (\d+)/\1 · \d+ s$", err, re.MULTILINE), err
     files = sorted((out / "metrics").glob("*.json"))
     assert [f.stem for f in files] == [f"{i:06d}" for i in range(6)]          # 3 images × 2 masks

@@ -10,8 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from vipaint.masks import (MASKS, BoxMask, FileMask, FreeFormMask, HalfPlaneMask, LineMask, MaskGenerator,
-                           RandomPixelMask, check_mask, hole_ratio, mask_from_name)
+from vipaint.masks import (
+    MASKS,
+    BoxMask,
+    FileMask,
+    FreeFormMask,
+    HalfPlaneMask,
+    LineMask,
+    MaskGenerator,
+    RandomPixelMask,
+    check_mask,
+    hole_ratio,
+    mask_from_name,
+)
 
 SIZES = [(32, 32), (64, 48), (256, 256)]
 GENERATORS = {

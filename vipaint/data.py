@@ -87,7 +87,7 @@ def check_metadata(meta: Path) -> None:
                          '({"file_name": ..., "mask_file_name": ...}) or delete the file')
 
 
-def _load_hub(datasets, source: str, split: str, cache_dir: str | None):  # noqa: ANN001, ANN202
+def _load_hub(datasets, source: str, split: str, cache_dir: str | None):
     if source.startswith((".", "/", "~", "data/")):
         raise DatasetNotFoundError(
             f"dataset folder '{source}' does not exist. Create it with images (and an optional "
@@ -112,7 +112,7 @@ def _load_hf(source: str, split: str, cache_dir: str | None):
     if local.exists():
         try:
             ds = datasets.load_dataset("imagefolder", data_dir=str(local), cache_dir=cache_dir)
-        except Exception as err:  # noqa: BLE001 - a local folder: name it, no Hub advice
+        except Exception as err:
             raise ValueError(f"image folder '{source}' could not be loaded ({type(err).__name__}: "
                              f"{str(err).splitlines()[0][:300] if str(err) else ''})") from err
     else:
@@ -288,7 +288,7 @@ class PendingSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         self.share = list(pending)[rank::num_replicas]
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return iter(self.share)
 
     def __len__(self) -> int:

@@ -95,7 +95,7 @@ class VIPaintModule(L.LightningModule):
 
     def _check(self, batch: dict) -> None:
         want = tuple(self.prior.image_shape)
-        for b, (x, m) in enumerate(zip(batch["image"], batch["mask"])):
+        for b, (x, m) in enumerate(zip(batch["image"], batch["mask"], strict=True)):
             where = f"dataset index {int(batch['index'][b])} (file {batch['path'][b]})"
             if tuple(x.shape) != want:
                 hint = ("set data.channels" if x.shape[0] != want[0] else "set data.image_size")

@@ -61,7 +61,7 @@ def prior_folder(path: str) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(path, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the cache: no hashes, the Hub id stands
+    except Exception:
         return None
 
 

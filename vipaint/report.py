@@ -62,11 +62,11 @@ def _load_observations(out: Path, rows: list[dict]) -> list[dict]:
     return items
 
 
-def distribution_table(out: Path, rows: list[dict], features, raw: bool = True) -> dict[str, dict]:  # noqa: ANN001
+def distribution_table(out: Path, rows: list[dict], features, raw: bool = True) -> dict[str, dict]:
     """FID/KID per mask type and "all" (`vipaint.bench.features.distribution_metrics`, the benchmark's code
     path): composites (`fid`, `kid`) and, where they differ from them (inpainting), raw samples (`fid_raw`,
-    `kid_raw`; unless `raw` is False), against the run's ground truths. Every rank's saved feature files are read first; a missing
-    one (an index written before features were saved) is computed and saved now."""
+    `kid_raw`; unless `raw` is False), against the run's ground truths. Every rank's saved feature files are
+    read first; a missing one (an index written before features were saved) is computed and saved now."""
     from vipaint.bench.features import (
         CachedFeatures,
         distribution_metrics,
@@ -102,7 +102,7 @@ def fid_note(n_real: int | None, n_fake: int | None) -> str:
             "unbiased.")
 
 
-def build_report(out: Path, indices: list[int] | None = None, *, features=None,  # noqa: ANN001
+def build_report(out: Path, indices: list[int] | None = None, *, features=None,
                  feature_label: str = "FID/KID skipped", perceptual_label: str | None = None, raw: bool = True) -> dict:
     """Collect metrics/<index>.json into metrics.csv (per image), metrics_per_mask.csv, metrics.md and
     metrics.json (means per mask type and overall); plot ELBO curves. With a
@@ -175,7 +175,7 @@ def _plot_traces(out: Path, max_curves: int = 32, keep: set[str] | None = None) 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, c in curves:
+    for _name, c in curves:
         ax.plot(np.arange(1, len(c) + 1), c, lw=0.8, alpha=0.7)
     ax.set_xlabel("iteration")
     ax.set_ylabel("negative ELBO (objective)")

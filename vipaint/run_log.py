@@ -115,7 +115,7 @@ def seconds_per_mask(out: Path, rows: list[dict]) -> dict[str, float]:
     return {m: sum(v) / len(v) for m, v in by_mask.items()}
 
 
-def _dataset_name(trainer, logger) -> str:  # noqa: ANN001
+def _dataset_name(trainer, logger) -> str:
     configured = getattr(logger, "_wandb_init", {}).get("name")
     if configured:
         return str(configured)
@@ -124,7 +124,7 @@ def _dataset_name(trainer, logger) -> str:  # noqa: ANN001
     return Path(str(source)).name if source else Path(trainer.default_root_dir).name
 
 
-def configure_wandb(trainer, pl_module) -> None:  # noqa: ANN001
+def configure_wandb(trainer, pl_module) -> None:
     """Group W&B runs by dataset and name them by method, so methods on one dataset compare side by side:
     for a `WandbLogger` whose run has not started, the group becomes its configured run name (the experiment
     YAMLs name the run after the dataset) unless a group is set, and the run name becomes the method."""
@@ -160,7 +160,7 @@ def _table(report: dict, out: Path) -> tuple[list[str], list[list]]:
     return cols, data
 
 
-def log_run(trainer, report: dict, out: Path, settings: dict, n_images: int = 16) -> list[str]:  # noqa: ANN001
+def log_run(trainer, report: dict, out: Path, settings: dict, n_images: int = 16) -> list[str]:
     """Send the run report to every logger of `trainer` (rank 0 only; see the module docstring); returns
     the lines to print at the end (how to upload an offline W&B run)."""
     from lightning.pytorch.loggers import WandbLogger
@@ -190,7 +190,7 @@ def log_run(trainer, report: dict, out: Path, settings: dict, n_images: int = 16
     return hints
 
 
-def _sync_hint(logger) -> list[str]:  # noqa: ANN001
+def _sync_hint(logger) -> list[str]:
     run = logger.experiment
     run_dir = Path(run.dir).parent if isinstance(getattr(run, "dir", None), str) else None
     mode = getattr(logger, "_wandb_init", {}).get("mode") or os.environ.get("WANDB_MODE", "")

@@ -97,7 +97,7 @@ class PredictionWriter(BasePredictionWriter):
             for sub in ("samples", "panels", "metrics", "failed"):
                 (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
 
-    def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
+    def setup(self, trainer, pl_module, stage: str) -> None:
         """Resolve `{method}` in the output folder from the module, so runs of different methods on the
         same experiment never share (or wrongly resume from) one folder."""
         if "{method}" in self.template:
@@ -119,7 +119,7 @@ class PredictionWriter(BasePredictionWriter):
                 datamodule.skip_done(self.is_done)
             self.setup_metrics(trainer, pl_module)
 
-    def setup_metrics(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def setup_metrics(self, trainer, pl_module) -> None:
         """The FID feature network and the perceptual distance on the module's device (built once per
         device and options), and the W&B run's group and name."""
         key = (self.fid, self.fid_raw, self.perceptual, str(pl_module.device))
@@ -128,7 +128,7 @@ class PredictionWriter(BasePredictionWriter):
             self._networks_key = key
         configure_wandb(trainer, pl_module)
 
-    def on_predict_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_predict_start(self, trainer, pl_module) -> None:
         # the outputs go to files; keeping every batch's samples in memory would grow without bound on a
         # large dataset, so `trainer.predict` returns None
         trainer.predict_loop.return_predictions = False
@@ -174,7 +174,7 @@ class PredictionWriter(BasePredictionWriter):
         (self.output_dir / "metrics" / f"{name}.json").unlink(missing_ok=True)   # no "done" mark without samples
         return False
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: Prediction, batch_indices, batch,  # noqa: ANN001
+    def write_on_batch_end(self, trainer, pl_module, prediction: Prediction, batch_indices, batch,
                            batch_idx: int, dataloader_idx: int) -> None:
         ds = getattr(trainer, "datamodule", None)
         ds = ds.full_dataset() if isinstance(ds, InverseProblemDataModule) else None
@@ -212,7 +212,7 @@ class PredictionWriter(BasePredictionWriter):
             if failed.exists():
                 failed.unlink()
 
-    def run_indices(self, trainer) -> list[int] | None:  # noqa: ANN001
+    def run_indices(self, trainer) -> list[int] | None:
         """The dataset indices of this run (the report covers exactly these; None: every file in the folder,
         with a datamodule other than `InverseProblemDataModule`). Damaged files among them are moved aside."""
         dm = getattr(trainer, "datamodule", None)
@@ -243,7 +243,7 @@ class PredictionWriter(BasePredictionWriter):
             check_settings(self.output_dir, settings)
             self.pending_settings = None
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
+    def teardown(self, trainer, pl_module, stage: str) -> None:
         """The run report, once every rank is done (Lightning skips the epoch hooks of a rank whose
         dataloader is empty, but every rank reaches `teardown`)."""
         if stage != "predict":
@@ -260,13 +260,14 @@ class PredictionWriter(BasePredictionWriter):
             n_failed = report["overall"]["n_failed"]
             print(f"\n[vipaint] {self.output_dir}: {report['overall']['n']} images done"
                   + (f", {n_failed} failed (see failed/)" if n_failed else "")
-                  + "; panels/, metrics.md, metrics.csv, metrics_per_mask.csv, metrics.json, elbo.png\n" + report["markdown"])
+                  + "; panels/, metrics.md, metrics.csv, metrics_per_mask.csv, metrics.json, elbo.png\n"
+                  + report["markdown"])
             for line in hints:
                 print(line)
         trainer.strategy.barrier()
 
 
-def _prior_id(prior) -> dict:  # noqa: ANN001
+def _prior_id(prior) -> dict:
     """A prior is identified by its folder / Hub id when it has one, else by a hash of its tensors."""
     if getattr(prior, "path", None):
         out = {"class": type(prior).__name__, "path": str(prior.path)}
@@ -281,7 +282,7 @@ def _prior_id(prior) -> dict:  # noqa: ANN001
     return {"class": type(prior).__name__, "sha1": h.hexdigest()}
 
 
-def run_settings(pl_module, datamodule=None) -> dict:  # noqa: ANN001
+def run_settings(pl_module, datamodule=None) -> dict:
     """Everything that changes an image's results, JSON-ready: not the batch size, device count or
     num_images (results do not depend on them; with one mask type adding images to a run is a valid
     resume, with several the index map changes and `PredictionWriter.is_done` stops the run)."""
@@ -310,7 +311,7 @@ def check_writable(output_dir: Path) -> None:
                                   "the PredictionWriter's output_dir to another folder")
 
 
-def check_method_options(pl_module) -> None:  # noqa: ANN001
+def check_method_options(pl_module) -> None:
     """The module's n_samples, sigma_y and method options against their allowed ranges
     (`vipaint.api.check_options`), before any file is written."""
     hp = dict(getattr(pl_module, "hparams", {}) or {})

@@ -103,7 +103,7 @@ class CachedFeatures(nn.Module):
         if todo:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             feats = self.net(x[[first[k] for k in todo]])
-            self.cache.update(zip(todo, feats.detach().cpu()))
+            self.cache.update(zip(todo, feats.detach().cpu(), strict=True))
         return torch.stack([self.cache[k] for k in keys]).to(x.device)
 
     def load(self, path: Path) -> None:
@@ -112,7 +112,7 @@ class CachedFeatures(nn.Module):
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("label") == self.label:
-                self.cache.update(zip(saved["keys"], saved["features"]))
+                self.cache.update(zip(saved["keys"], saved["features"], strict=True))
                 self.on_disk[path] = tuple(saved["keys"])
 
     def save(self, path: Path, keys: Sequence[str]) -> bool:

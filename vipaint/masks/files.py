@@ -108,7 +108,7 @@ class FileMask(MaskGenerator):
                     arr = np.asarray(img)
         except ImageTooLargeError:   # the size check: its message is complete
             raise
-        except Exception as e:  # noqa: BLE001 - any decoder error means the file is unusable
+        except Exception as e:
             raise ValueError(f"FileMask: cannot read mask file '{file}' ({type(e).__name__}: {e}); replace it "
                              "with a valid PNG/JPG image or .npy/.npz array") from e
         if suffix == ".npz":
