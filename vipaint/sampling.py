@@ -65,6 +65,10 @@ class GuidedStep:
     clip: clamp x̂0 to [−1, 1] (pixel priors only): "off"; "energy" — only for the energy (DPS);
         "both" — also in the DDIM update (VIPaint's `clip_x0`).
     guidance_scale: classifier-free guidance g of ε_θ.
+    form: how the gradient enters the step. "subtract" — z_s = z' − ζ ∇_{z_t} E (DPS, official VIPaint);
+        "score" — ε̂ is replaced by ε̂ + ζ σ_t ∇_{z_t} E before x̂0 and the DDIM update (ζ = 1 with
+        E = −log p(y | z_t): ε of the conditional score; docs/algorithm.md §4, eq. 4.2), linear in the
+        residual and free of any constant tied to the pixel count.
     """
 
     zeta: float = 0.0
@@ -72,10 +76,13 @@ class GuidedStep:
     stochastic: bool = False
     clip: Literal["off", "energy", "both"] = "off"
     guidance_scale: float = 1.0
+    form: Literal["subtract", "score"] = "subtract"
 
     def __post_init__(self) -> None:
         if self.clip not in ("off", "energy", "both"):
             raise ValueError(f"clip must be 'off', 'energy' or 'both', got {self.clip!r}")
+        if self.form not in ("subtract", "score"):
+            raise ValueError(f"form must be 'subtract' or 'score', got {self.form!r}")
 
 
 class GuidedStepOut(NamedTuple):
@@ -96,7 +103,8 @@ def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, 
 
         ε̂ = ε_θ(z_t, t, c); x̂0 = (z_t − σ_t ε̂)/α_t  (clamped per `opts.clip`);
         z' = α_s x̂0 + √(1 − ᾱ_s − ŝ²) ε̂ [+ ŝ ξ if stochastic], ŝ = η·(DDPM posterior std);
-        z_s = z' − ζ ∇_{z_t} E(D(x̂0(z_t)), x̂0(z_t))   (∇ / grad_norm(D(x̂0)) per sample if given).
+        z_s = z' − ζ ∇_{z_t} E(D(x̂0(z_t)), x̂0(z_t))   (∇ / grad_norm(D(x̂0)) per sample if given);
+    or, with `opts.form` "score", ε̂ ← ε̂ + ζ σ_t ∇_{z_t} E and x̂0, z' recomputed from it (no subtraction).
 
     The gradient of the energies summed over [S, B] is each sample's own gradient, since each term only
     depends on its own z. One network pass (with backprop when ζ ≠ 0); ξ is drawn from `rng` after it.
@@ -124,6 +132,13 @@ def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, 
         if rng is None:
             raise ValueError("a stochastic step needs an rng")
         noise = rng.randn(z.shape[0], *z.shape[2:], batch_dim=1).to(z)
+    if opts.form == "score":
+        e = e.detach() + opts.zeta * (1.0 - ab_t).sqrt() * grad      # ε̂ of the conditional score (eq. 4.2)
+        x0 = tweedie_x0(z.detach(), e, ab_t)
+        if opts.clip == "both" and not prior.is_latent:
+            x0 = x0.clamp(-1, 1)
+        return GuidedStepOut(z=ddim_step(x0, e, ab_t, ab_prev, opts.eta, noise).detach(), eps=e, x0=x0.detach(),
+                             image=image.detach() if image is not None else None)
     z_prev = ddim_step(x0.detach(), e.detach(), ab_t, ab_prev, opts.eta, noise)
     return GuidedStepOut(z=(z_prev - opts.zeta * grad).detach(), eps=e.detach(), x0=x0.detach(),
                          image=image.detach() if image is not None else None)
