@@ -15,7 +15,7 @@ from vipaint.posterior import HierarchicalPosterior, chain_from
 from vipaint.priors.base import Prior
 from vipaint.seeding import ImageRNG
 
-__all__ = ["ElboTerms", "negative_elbo"]
+__all__ = ["ElboTerms", "negative_elbo", "interval_constants", "interval_weights"]
 
 
 @dataclass
@@ -50,6 +50,27 @@ def interval_constants(grid: Tensor, abar: Tensor) -> Tensor:
     return const.float()
 
 
+def interval_weights(grid: Tensor, abar: Tensor, data_variance: float = 1.0) -> Tensor:
+    """Expected z-dependent part of each grid interval's term per element, [N_int] float64
+    (docs/algorithm.md §3a, eq. 3.4), for the surrogate prior N(0, v I) (v = `data_variance`), whose ε is
+    exact and linear: with z_{T_e} ~ N(0, V_e), V_e = ᾱ_e v + 1 − ᾱ_e, and z_t = √ā z_{T_e} + √(1−ā) ξ
+    (ā = ᾱ_t/ᾱ_e), m_q − m_p = a z_{T_e} + c ξ, so the expectation is ½(a² V_e + c²)/v_p. Used as the
+    importance weights of the interval draws (the intervals next to T_e weigh most)."""
+    ab_e = abar[grid[0]].double()
+    ab_lo, ab_hi = abar[grid[:-1]].double(), abar[grid[1:]].double()
+    a_ts = ab_hi / ab_lo
+    v_p = (1 - ab_lo) * (1 - a_ts) / (1 - ab_hi)
+    k = ab_hi.sqrt() * data_variance / (ab_hi * data_variance + 1 - ab_hi)          # x̂0 = k z_t
+    p_t = (ab_lo.sqrt() * (1 - a_ts) * k + a_ts.sqrt() * (1 - ab_lo)) / (1 - ab_hi)   # m_p = p_t z_t
+    r_hi, r_lo = ab_hi / ab_e, ab_lo / ab_e                                          # relative to T_e
+    q_e = r_lo.sqrt() * (1 - a_ts) / (1 - r_hi)                                      # m_q = q_e z_e + q_t z_t
+    q_t = a_ts.sqrt() * (1 - r_lo) / (1 - r_hi)
+    v_e = ab_e * data_variance + 1 - ab_e
+    a = q_e + (q_t - p_t) * r_hi.sqrt()
+    c = (q_t - p_t) * (1 - r_hi).sqrt()
+    return 0.5 * (a ** 2 * v_e + c ** 2) / v_p
+
+
 def _interval_stoch(z_e: Tensor, z_t: Tensor, eps_t: Tensor, j: Tensor, grid: Tensor, abar: Tensor) -> Tensor:
     """The z-dependent part of grid interval j's term (t' = G[j] < t = G[j+1]), summed over elements, [S, B]
     (docs/algorithm.md §3a, eq. 3.2): ½‖m_q − m_p‖²/v_p, with m_q = z_{T_e} itself for j = 0 (the NLL of
@@ -65,7 +86,7 @@ def _interval_stoch(z_e: Tensor, z_t: Tensor, eps_t: Tensor, j: Tensor, grid: Te
 
 
 def _prior_terms(z_e: Tensor, z_t: Tensor, eps_t: Tensor, j: Tensor, grid: Tensor, abar: Tensor,
-                 weight: int | None = None, exact: Tensor | None = None) -> Tensor:
+                 weight: int | Tensor | None = None, exact: Tensor | None = None) -> Tensor:
     """Diffusion bound on −log p_θ(z_{T_e}) from the segment [T_e, T] (docs/algorithm.md §3a), without the
     entropy term: `weight` (default N_int) × (the z-dependent part of one stratified grid interval's term,
     `_interval_stoch`) [+ `exact`, the z-dependent parts of the intervals summed exactly, eq. 3.3] + the
@@ -87,7 +108,8 @@ def _prior_terms(z_e: Tensor, z_t: Tensor, eps_t: Tensor, j: Tensor, grid: Tenso
 def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOperator, y: Tensor,
                   likelihood: Likelihood, rng: ImageRNG, *, n_mc: int, grid: Tensor, eta: float,
                   beta_prior: float = 100.0, beta_hier: float = 100.0, reduction: str = "mean",
-                  cond: Tensor | None = None, n_exact: int = 0, rec_extra_var: float = 0.0) -> ElboTerms:
+                  cond: Tensor | None = None, n_exact: int = 0, interval_probs: Tensor | None = None,
+                  rec_extra_var: float = 0.0) -> ElboTerms:
     """L(λ) = β_1 L_prior + β_2 L_hier + L_rec (ALGORITHM.md §3) for B observations, S = n_mc samples.
 
     One network call evaluates ε_θ at the top keypoint and at the prior-loss times together; each further
@@ -96,7 +118,9 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
     `n_exact` > 0: the first `n_exact` grid intervals (next to T_e, where the terms are largest) enter
     every sample with weight 1, each at its own z_t (n_exact·S more network evaluations in the same
     call), and the S stratified draws cover only the remaining N_int − n_exact intervals, with weight
-    N_int − n_exact (docs/algorithm.md §3a, eq. 3.3). `rec_extra_var` is r_{T_s}² of the variance-aware
+    N_int − n_exact (docs/algorithm.md §3a, eq. 3.3). `interval_probs` [N_int − n_exact] (summing to 1):
+    the S draws over the remaining intervals are stratified in the inverse CDF of these probabilities
+    and weighted 1/p_j (importance sampling, eq. 3.5; e.g. ∝ `interval_weights`). `rec_extra_var` is r_{T_s}² of the variance-aware
     likelihood (eq. 3.6).
     """
     s, b = n_mc, post.mu.shape[1]
@@ -110,7 +134,17 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
         raise ValueError(f"n_exact must lie in [0, {n_int}) for a grid of {n_int} intervals, got {n_exact}")
     n_rest = n_int - n_exact
     u = rng.rand(s, batch_dim=1).to(abar.device)                                     # draws from stratum i
-    j = ((torch.arange(s, device=abar.device)[:, None] + u) * n_rest / s).long().clamp(max=n_rest - 1)
+    weight: int | Tensor = n_rest
+    if interval_probs is None:
+        j = ((torch.arange(s, device=abar.device)[:, None] + u) * n_rest / s).long().clamp(max=n_rest - 1)
+    else:
+        probs = interval_probs.to(device=abar.device, dtype=torch.float64)
+        if probs.shape != (n_rest,):
+            raise ValueError(f"interval_probs must have shape [{n_rest}], got {tuple(probs.shape)}")
+        cdf = probs.cumsum(0) / probs.sum()
+        j = torch.searchsorted(cdf, ((torch.arange(s, device=abar.device)[:, None] + u) / s).double(),
+                               right=True).clamp(max=n_rest - 1)
+        weight = (probs.sum() / probs[j]).float()                                    # 1/p_j, [S, B]
     if n_exact:
         j = j + n_exact
     ab_rel = bcast(abar[grid[j + 1]] / abar[grid[0]], z_e)
@@ -131,7 +165,7 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
         exact = _interval_stoch(z_ex, z_x, e[2 * s:], j_x, grid, abar).reshape(n_exact, s, b).sum(0)
 
     entropy = 0.5 * (post.top_logvar() + math.log(2 * math.pi * math.e)).flatten(1).sum(-1)   # [B]
-    l_prior = _prior_terms(z_e, z_t, eps_t, j, grid, abar, n_rest, exact) - entropy                          # [S, B]
+    l_prior = _prior_terms(z_e, z_t, eps_t, j, grid, abar, weight, exact) - entropy                          # [S, B]
     chain = chain_from(post, prior, z_e, rng, eta=eta, cond=cond, eps_top=eps_top)
     z_s = chain.z[-1]
     e_s = prior.eps(z_s, post.keypoints[-1], cond)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from vipaint.diffusion import edm_time_grid, x0_variance
-from vipaint.elbo import negative_elbo
+from vipaint.elbo import interval_weights, negative_elbo
 from vipaint.likelihood import Likelihood
 from vipaint.methods.base import MethodResult, Progress, initial_image
 from vipaint.methods.vipaint_presets import preset_values
@@ -44,6 +44,8 @@ class VIPaintConfig:
     `Likelihood`; `likelihood_variance` "tweedie" adds r_{T_s}² (eq. 3.6) to a Gaussian likelihood's
     variance, "plugin" does not; `data_variance` v for r_t² (None: `prior_data_variance`);
     `prior_exact_intervals` prior-loss intervals next to T_e summed exactly each iteration (eq. 3.3);
+    `prior_interval_sampling` "uniform" (official: stratified, weight N) or "importance" (∝ the expected
+    term of each interval, `interval_weights`, eq. 3.4–3.5);
     `std_scale` q's initial transition std in units of the DDPM posterior std (None: η_fit, the prior
     kernel's, so the hierarchical KL starts near 0); `init_fill` "zero" (official, A⁺y) or "observed_mean"
     (`initial_image`); `lr_relative` multiplies `lr_mu` by √v (the latent's std).
@@ -72,6 +74,7 @@ class VIPaintConfig:
     likelihood_variance: str = _FROM_PRESET
     data_variance: float | None = _FROM_PRESET
     prior_exact_intervals: int = _FROM_PRESET
+    prior_interval_sampling: str = _FROM_PRESET
     eta_fit: float = _FROM_PRESET
     s_top: float = _FROM_PRESET
     gamma_init: float = _FROM_PRESET
@@ -102,6 +105,9 @@ class VIPaintConfig:
             else:
                 explicit.add(name)
         self.explicit = frozenset(explicit)
+        if self.prior_interval_sampling not in ("uniform", "importance"):
+            raise ValueError("prior_interval_sampling must be 'uniform' or 'importance', got "
+                             f"{self.prior_interval_sampling!r}")
         if self.likelihood_variance not in ("plugin", "tweedie"):
             raise ValueError(f"likelihood_variance must be 'plugin' or 'tweedie', got {self.likelihood_variance!r}")
 
@@ -165,6 +171,9 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     opt = torch.optim.Adam(post.param_groups(lr_mu, cfg.lr_logvar, cfg.lr_gamma), betas=cfg.adam_betas)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma_decay)
     grid = edm_time_grid(prior.alphas_cumprod, cfg.keypoints[0], n=cfg.prior_grid_points)
+    probs = None
+    if cfg.prior_interval_sampling == "importance":
+        probs = interval_weights(grid, prior.alphas_cumprod, v)[cfg.prior_exact_intervals:]
     lik = cfg.make_likelihood()
     r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v)) if cfg.tweedie_variance(lik) \
         else 0.0
@@ -176,7 +185,8 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
         opt.zero_grad(set_to_none=True)
         terms = negative_elbo(post, prior, operator, y, lik, rng, n_mc=cfg.n_mc, grid=grid, eta=cfg.eta_fit,
                               beta_prior=cfg.beta_prior, beta_hier=cfg.beta_hier, reduction=cfg.reduction,
-                              cond=cond, n_exact=cfg.prior_exact_intervals, rec_extra_var=r2)
+                              cond=cond, n_exact=cfg.prior_exact_intervals,
+                              interval_probs=probs, rec_extra_var=r2)
         obj = terms.objective
         bad = ~torch.isfinite(obj.detach()).cpu()
         for i in torch.nonzero(bad & ~failed).flatten().tolist():
