@@ -280,7 +280,8 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         reasons[i] = "non-finite samples after refinement"
     failed = failed | bad
     k = len(cfg.keypoints)
-    nfe = cfg.iterations * (k + 1) + (k - 1) + n_ref
-    nbp = cfg.iterations * (k + 1) + (n_ref if cfg.zeta != 0 else 0)
+    per_it = k + 1 + cfg.prior_exact_intervals            # + one pass per exactly summed interval
+    nfe = cfg.iterations * per_it + (k - 1) + n_ref
+    nbp = cfg.iterations * per_it + (n_ref if cfg.zeta != 0 else 0)
     return MethodResult(samples=x, nfe=nfe, n_backprop=nbp, failed=failed, reasons=reasons,
                         traces={"objective": trace})
