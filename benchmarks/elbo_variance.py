@@ -1,6 +1,6 @@
 """How noisy is VIPaint's prior-loss estimator, before and after the variance reduction?
 
-    python benchmarks/elbo_variance.py [--images 4] [--repeats 16] [--out benchmarks/results/vipaint_principled]
+    python benchmarks/elbo_variance.py [--images 2] [--repeats 12] [--out benchmarks/results/vipaint_principled]
 
 For q_λ at its initialisation (the principled preset's, docs/algorithm.md §2) it evaluates the prior loss
 L_prior (docs/algorithm.md §3a, nats, S = 5 samples as in the fit) `--repeats` times with independent
@@ -98,8 +98,8 @@ def _measure(prior: Prior, op: Inpainting, y: torch.Tensor, n_exact: int, import
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=16)
+    p.add_argument("--images", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/vipaint_principled")
     args = p.parse_args(argv)

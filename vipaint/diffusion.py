@@ -29,7 +29,7 @@ def tweedie_x0(z_t: Tensor, eps: Tensor, abar_t: Tensor) -> Tensor:
 
 def x0_variance(abar_t: Tensor | float, data_variance: Tensor | float) -> Tensor | float:
     """r_t² = v σ_t² / (ᾱ_t v + σ_t²), the variance of x0 given z_t under a Gaussian prior N(m, v I)
-    (docs/algorithm.md §3c, eq. 3.6; ΠGDM's r_t²). It tends to v as t → T and to σ_t²/ᾱ_t → 0 as t → 0."""
+    (docs/algorithm.md §3c, eq. 3.8; ΠGDM's r_t²). It tends to v as t → T and to σ_t²/ᾱ_t → 0 as t → 0."""
     return data_variance * (1.0 - abar_t) / (abar_t * data_variance + (1.0 - abar_t))
 
 

@@ -52,7 +52,7 @@ def interval_constants(grid: Tensor, abar: Tensor) -> Tensor:
 
 def interval_weights(grid: Tensor, abar: Tensor, data_variance: float = 1.0) -> Tensor:
     """Expected z-dependent part of each grid interval's term per element, [N_int] float64
-    (docs/algorithm.md §3a, eq. 3.4), for the surrogate prior N(0, v I) (v = `data_variance`), whose ε is
+    (docs/algorithm.md §3a, eq. 3.7), for the surrogate prior N(0, v I) (v = `data_variance`), whose ε is
     exact and linear: with z_{T_e} ~ N(0, V_e), V_e = ᾱ_e v + 1 − ᾱ_e, and z_t = √ā z_{T_e} + √(1−ā) ξ
     (ā = ᾱ_t/ᾱ_e), m_q − m_p = a z_{T_e} + c ξ, so the expectation is ½(a² V_e + c²)/v_p. Used as the
     importance weights of the interval draws (the intervals next to T_e weigh most)."""
@@ -89,7 +89,7 @@ def _prior_terms(z_e: Tensor, z_t: Tensor, eps_t: Tensor, j: Tensor, grid: Tenso
                  weight: int | Tensor | None = None, exact: Tensor | None = None) -> Tensor:
     """Diffusion bound on −log p_θ(z_{T_e}) from the segment [T_e, T] (docs/algorithm.md §3a), without the
     entropy term: `weight` (default N_int) × (the z-dependent part of one stratified grid interval's term,
-    `_interval_stoch`) [+ `exact`, the z-dependent parts of the intervals summed exactly, eq. 3.3] + the
+    `_interval_stoch`) [+ `exact`, the z-dependent parts of the intervals summed exactly, eq. 3.6] + the
     exact sum of the z-independent parts (`interval_constants`) + KL(q(z_T|z_{T_e}) ‖ N(0, I)); returns
     [S, B]. Interval j = 0 is the reconstruction term −log p_θ(z_{T_e} | z_{G[1]})."""
     n_int = grid.numel() - 1
@@ -118,10 +118,10 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
     `n_exact` > 0: the first `n_exact` grid intervals (next to T_e, where the terms are largest) enter
     every sample with weight 1, each at its own z_t (n_exact·S more network evaluations in the same
     call), and the S stratified draws cover only the remaining N_int − n_exact intervals, with weight
-    N_int − n_exact (docs/algorithm.md §3a, eq. 3.3). `interval_probs` [N_int − n_exact] (summing to 1):
+    N_int − n_exact (docs/algorithm.md §3a, eq. 3.6). `interval_probs` [N_int − n_exact] (summing to 1):
     the S draws over the remaining intervals are stratified in the inverse CDF of these probabilities
-    and weighted 1/p_j (importance sampling, eq. 3.5; e.g. ∝ `interval_weights`). `rec_extra_var` is r_{T_s}² of the variance-aware
-    likelihood (eq. 3.6).
+    and weighted 1/p_j (importance sampling, eq. 3.6; e.g. ∝ `interval_weights`). `rec_extra_var` is r_{T_s}² of the variance-aware
+    likelihood (eq. 3.8).
     """
     s, b = n_mc, post.mu.shape[1]
     latent = tuple(post.mu.shape[2:])

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import edm_time_grid, x0_variance
+from vipaint.diffusion import edm_time_grid, tweedie_x0, x0_variance
 from vipaint.elbo import interval_weights, negative_elbo
 from vipaint.likelihood import Likelihood
 from vipaint.methods.base import MethodResult, Progress, initial_image
@@ -19,7 +19,8 @@ from vipaint.operators import LinearOperator
 from vipaint.posterior import HierarchicalPosterior, sample_chain
 from vipaint.priors.analytic import GaussianMixturePrior
 from vipaint.priors.base import Prior
-from vipaint.sampling import GuidedStep, abar, descend, guided_denoise, guided_step, time_grid
+from vipaint.sampling import (GuidedStep, abar, descend, guided_denoise, guided_step, time_grid,
+                              x0_variance_estimate)
 from vipaint.seeding import ImageRNG
 
 __all__ = ["VIPaintConfig", "vipaint", "fit_posterior", "refine", "prior_data_variance"]
@@ -41,11 +42,12 @@ class VIPaintConfig:
     every field the caller leaves out; explicit fields win (docs/algorithm.md §5, §9).
 
     Fit (stage 1, docs/algorithm.md §2–§3): `likelihood` / `likelihood_scale` / `reduction` as in
-    `Likelihood`; `likelihood_variance` "tweedie" adds r_{T_s}² (eq. 3.6) to a Gaussian likelihood's
-    variance, "plugin" does not; `data_variance` v for r_t² (None: `prior_data_variance`);
-    `prior_exact_intervals` prior-loss intervals next to T_e summed exactly each iteration (eq. 3.3);
+    `Likelihood`; `likelihood_variance` "tweedie" adds r_t² = v σ_t²/(ᾱ_t v + σ_t²) (eq. 3.8) to a Gaussian
+    likelihood's variance, "jacobian" adds r_t² estimated per image from the network's Jacobian
+    (Tweedie's second-order identity, eq. 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None: `prior_data_variance`);
+    `prior_exact_intervals` prior-loss intervals next to T_e summed exactly each iteration (eq. 3.6);
     `prior_interval_sampling` "uniform" (official: stratified, weight N) or "importance" (∝ the expected
-    term of each interval, `interval_weights`, eq. 3.4–3.5);
+    term of each interval, `interval_weights`, eq. 3.6–3.7);
     `std_scale` q's initial transition std in units of the DDPM posterior std (None: η_fit, the prior
     kernel's, so the hierarchical KL starts near 0); `init_fill` "zero" (official, A⁺y) or "observed_mean"
     (`initial_image`); `lr_relative` multiplies `lr_mu` by √v (the latent's std).
@@ -108,8 +110,9 @@ class VIPaintConfig:
         if self.prior_interval_sampling not in ("uniform", "importance"):
             raise ValueError("prior_interval_sampling must be 'uniform' or 'importance', got "
                              f"{self.prior_interval_sampling!r}")
-        if self.likelihood_variance not in ("plugin", "tweedie"):
-            raise ValueError(f"likelihood_variance must be 'plugin' or 'tweedie', got {self.likelihood_variance!r}")
+        if self.likelihood_variance not in ("plugin", "tweedie", "jacobian"):
+            raise ValueError("likelihood_variance must be 'plugin', 'tweedie' or 'jacobian', got "
+                             f"{self.likelihood_variance!r}")
 
     def overridden(self, **options: object) -> "VIPaintConfig":
         """A copy with `options` set; a new `preset` keeps only this config's explicit fields."""
@@ -130,9 +133,10 @@ class VIPaintConfig:
         return Likelihood(self.refine_likelihood, self.refine_likelihood_scale,
                           self.refine_reduction or self.reduction)
 
-    def tweedie_variance(self, likelihood: Likelihood) -> bool:
-        """Whether `likelihood` gets r_t² added (a Gaussian likelihood under `likelihood_variance: tweedie`)."""
-        return self.likelihood_variance == "tweedie" and likelihood.kind == "gaussian"
+    def variance_mode(self, likelihood: Likelihood) -> str:
+        """How `likelihood` gets r_t² added: "tweedie" (eq. 3.8, from v), "jacobian" (eq. 3.9, estimated
+        from the network) or "plugin" (not at all; always for non-Gaussian likelihoods)."""
+        return self.likelihood_variance if likelihood.kind == "gaussian" else "plugin"
 
 
 def prior_data_variance(prior: Prior, cfg: VIPaintConfig) -> float:
@@ -175,8 +179,11 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     if cfg.prior_interval_sampling == "importance":
         probs = interval_weights(grid, prior.alphas_cumprod, v)[cfg.prior_exact_intervals:]
     lik = cfg.make_likelihood()
-    r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v)) if cfg.tweedie_variance(lik) \
-        else 0.0
+    r2: float | Tensor = 0.0
+    if cfg.variance_mode(lik) == "tweedie":
+        r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v))
+    elif cfg.variance_mode(lik) == "jacobian":
+        r2 = _initial_x0_variance(post, prior, rng, cfg, cond)
     b = y.shape[0]
     failed = torch.zeros(b, dtype=torch.bool)
     reasons = [""] * b
@@ -212,6 +219,20 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     return post, trace, failed, reasons
 
 
+def _initial_x0_variance(post: HierarchicalPosterior, prior: Prior, rng: ImageRNG, cfg: VIPaintConfig,
+                         cond: Tensor | None) -> Tensor:
+    """r_{T_s}² per image [B] for the fit's likelihood under "jacobian" (eq. 3.9), estimated once at the
+    initial q_λ from `n_mc` chains (K − 1 + 1 network passes, one backward)."""
+    with torch.no_grad():
+        z = sample_chain(post, prior, cfg.n_mc, rng, eta=cfg.eta_fit, cond=cond).z[-1]
+    z = z.detach().requires_grad_(True)
+    ab = abar(prior, cfg.keypoints[-1], z)
+    with torch.enable_grad():
+        x0 = tweedie_x0(z, prior.eps(z, cfg.keypoints[-1], cond), ab)
+        probe = (rng.rand(z.shape[0], *z.shape[2:], batch_dim=1).to(z) < 0.5).to(z) * 2 - 1
+        return x0_variance_estimate(z, x0, ab, probe)
+
+
 def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG, cfg: VIPaintConfig, *,
            likelihood: Likelihood | None = None, cond: Tensor | None = None,
            progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
@@ -237,7 +258,16 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
         return (operator(x) - y).flatten(2).norm(dim=-1).clamp_min(1e-8)             # [S, B]
 
     grad_norm = residual_norm if cfg.normalize_guidance else None
-    if not cfg.tweedie_variance(lik):
+    mode = cfg.variance_mode(lik)
+    if mode == "jacobian":
+        opts = replace(opts, x0_variance=True)
+
+        def energy_r(x: Tensor, _: Tensor, r2: Tensor) -> Tensor:
+            return lik(x, y, operator, r2)                                            # [S, B]
+
+        out = guided_denoise(prior, z, times, opts, energy=energy_r, grad_norm=grad_norm,  # type: ignore[arg-type]
+                             cond=cond, rng=rng, final_image=True, progress=progress)
+    elif mode == "plugin":
         def energy(x: Tensor, _: Tensor) -> Tensor:
             return lik(x, y, operator)                                                # [S, B]
 
@@ -281,7 +311,9 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     failed = failed | bad
     k = len(cfg.keypoints)
     per_it = k + 1 + cfg.prior_exact_intervals            # + one pass per exactly summed interval
-    nfe = cfg.iterations * per_it + (k - 1) + n_ref
-    nbp = cfg.iterations * per_it + (n_ref if cfg.zeta != 0 else 0)
+    jac = cfg.variance_mode(cfg.make_likelihood()) == "jacobian"
+    jac_ref = cfg.variance_mode(cfg.make_refine_likelihood()) == "jacobian" and cfg.zeta != 0
+    nfe = cfg.iterations * per_it + (k - 1) + n_ref + (k if jac else 0)
+    nbp = cfg.iterations * per_it + (n_ref if cfg.zeta != 0 else 0) + (1 if jac else 0) + (n_ref if jac_ref else 0)
     return MethodResult(samples=x, nfe=nfe, n_backprop=nbp, failed=failed, reasons=reasons,
                         traces={"objective": trace})

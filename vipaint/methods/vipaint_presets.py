@@ -41,7 +41,7 @@ def _principled() -> dict[str, object]:
     return {**_official(), **dict(
         lr_mu=0.1, lr_logvar=0.05, lr_gamma=0.1, lr_relative=True,
         beta_prior=1.0, beta_hier=1.0, reduction="sum",
-        likelihood="gaussian", likelihood_scale=None, likelihood_variance="tweedie",
+        likelihood="gaussian", likelihood_scale=None, likelihood_variance="jacobian",
         prior_exact_intervals=2, prior_interval_sampling="importance",
         std_scale=None, init_fill="observed_mean",
         refine_steps=100, zeta=1.0, zeta_over_samples=False, guidance_form="score",
