@@ -305,3 +305,39 @@ def test_noisy_observed_pixels_are_not_copied():
     obs = mask.bool().expand(16, -1, -1, -1, -1)
     dev = (x - y)[obs].abs().mean().item()
     assert dev > 0.05                          # not copied (σ_y = 0.2: the posterior shrinks toward the prior)
+
+
+def test_jacobian_x0_variance_matches_the_gaussian_posterior_covariance():
+    """x0_variance_estimate = (σ²/α) ξᵀ(∂x̂0/∂z)ξ / D: exact for a white Gaussian prior (J = k I, ξ² = 1),
+    and on average the mean diagonal of (Σ⁻¹ + ᾱ/σ² I)⁻¹ for a correlated one."""
+    from vipaint.sampling import x0_variance_estimate
+
+    t = 300
+    for prior, exact_white in ((_white_prior(4, 0.3), True), (None, False)):
+        if prior is None:
+            cov = smooth_covariance((1, 4, 4), length_scale=1.5, variance=0.3)
+            prior = GaussianPrior(torch.zeros(16), cov, image_shape=(1, 4, 4))
+        ab = prior.alpha_bar(t)
+        s = 2000 if not exact_white else 3
+        z = torch.randn(s, 1, 1, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        x0 = (z - (1 - ab).sqrt() * prior.eps(z, t)) / ab.sqrt()
+        probe = (torch.rand(z.shape, generator=torch.Generator().manual_seed(1)) < 0.5).float() * 2 - 1
+        est = x0_variance_estimate(z, x0, ab, probe).item()
+        c = prior.covs[0]
+        post_cov = torch.linalg.inv(torch.linalg.inv(c) + ab.double() / (1 - ab.double()) * torch.eye(16,
+                                                                                                     dtype=c.dtype))
+        want = post_cov.diagonal().mean().item()
+        if exact_white:
+            assert est == pytest.approx(float(x0_variance(ab.item(), 0.3)), rel=1e-4)
+        assert est == pytest.approx(want, rel=1e-4 if exact_white else 0.05)
+
+
+def test_jacobian_likelihood_variance_runs_and_counts_passes():
+    prior, op, y, _ = _problem(h=8, b=2)
+    res = vipaint.solve_full("vipaint", prior, op, y, n_samples=2, seed=0, iterations=3, refine_steps=4)
+    k = 2
+    assert torch.isfinite(res.samples).all() and not res.failed.any()
+    assert res.nfe == 3 * (k + 1 + 2) + (k - 1) + 4 + k
+    assert res.n_backprop == 3 * (k + 1 + 2) + 4 + 1 + 4
+    with pytest.raises(ValueError, match="likelihood_variance"):
+        VIPaintConfig(likelihood_variance="exact")
