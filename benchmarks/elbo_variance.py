@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             row = {"problem": name, "estimator": est, **_measure(prior, op, y, n_exact, imp, args.repeats, args.seed)}
             rows.append(row)
             print(row, flush=True)
-    cols = ["problem", "estimator", "n_intervals", "value_mean", "value_std", "grad_var", "grad_snr_median", "nfe_per_iteration"]
+    cols = ["problem", "estimator", "n_intervals", "value_mean", "value_std", "grad_var", "grad_snr_median",
+            "nfe_per_iteration"]
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     md += ["| " + " | ".join(cell(r[k]) for k in cols) + " |" for r in rows]

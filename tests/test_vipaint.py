@@ -9,7 +9,8 @@ from vipaint.operators import Downsample, Inpainting
 from vipaint.priors import GaussianPrior, SyntheticMixturePrior, smooth_covariance
 from vipaint.seeding import ImageRNG
 
-EXACT = dict(preset="official", zeta_over_samples=False, likelihood="gaussian", likelihood_scale=None, reduction="sum", beta_prior=1.0, beta_hier=1.0,
+EXACT = dict(preset="official", zeta_over_samples=False,     # the nats settings these tests were written for
+             likelihood="gaussian", likelihood_scale=None, reduction="sum", beta_prior=1.0, beta_hier=1.0,
              zeta=0.002, refine_steps=50)
 
 

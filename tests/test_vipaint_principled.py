@@ -290,7 +290,8 @@ def test_official_step_is_not_resolution_invariant():
         y = torch.full((1, 1, h, h), 0.2)
         lik = Likelihood("laplace", 0.01, "mean")
         z = torch.zeros(1, 1, 1, h, h)
-        g = guided_step(prior, z, 200, 199, GuidedStep(zeta=2.0, eta=0.0), energy=lambda x, _: lik(x, y, op)).z
+        g = guided_step(prior, z, 200, 199, GuidedStep(zeta=2.0, eta=0.0),
+                        energy=lambda x, _, lik=lik, y=y, op=op: lik(x, y, op)).z
         p = guided_step(prior, z, 200, 199, GuidedStep(zeta=0.0, eta=0.0)).z
         moves.append((g - p).abs().mean().item())
     assert moves[0] / moves[1] == pytest.approx(16.0, rel=1e-3)

@@ -109,7 +109,7 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
                   likelihood: Likelihood, rng: ImageRNG, *, n_mc: int, grid: Tensor, eta: float,
                   beta_prior: float = 100.0, beta_hier: float = 100.0, reduction: str = "mean",
                   cond: Tensor | None = None, n_exact: int = 0, interval_probs: Tensor | None = None,
-                  rec_extra_var: float = 0.0) -> ElboTerms:
+                  rec_extra_var: float | Tensor = 0.0) -> ElboTerms:
     """L(λ) = β_1 L_prior + β_2 L_hier + L_rec (ALGORITHM.md §3) for B observations, S = n_mc samples.
 
     One network call evaluates ε_θ at the top keypoint and at the prior-loss times together; each further
@@ -120,8 +120,8 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
     call), and the S stratified draws cover only the remaining N_int − n_exact intervals, with weight
     N_int − n_exact (docs/algorithm.md §3a, eq. 3.6). `interval_probs` [N_int − n_exact] (summing to 1):
     the S draws over the remaining intervals are stratified in the inverse CDF of these probabilities
-    and weighted 1/p_j (importance sampling, eq. 3.6; e.g. ∝ `interval_weights`). `rec_extra_var` is r_{T_s}² of the variance-aware
-    likelihood (eq. 3.8).
+    and weighted 1/p_j (importance sampling, eq. 3.6; e.g. ∝ `interval_weights`). `rec_extra_var` is
+    r_{T_s}² of the variance-aware likelihood (eq. 3.8–3.9), a float or a per-image tensor [B].
     """
     s, b = n_mc, post.mu.shape[1]
     latent = tuple(post.mu.shape[2:])

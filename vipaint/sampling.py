@@ -57,7 +57,7 @@ def time_grid(t_start: int, n_steps: int | None) -> list[int]:
 
 def x0_variance_estimate(z: Tensor, x0: Tensor, abar_t: Tensor, probe: Tensor) -> Tensor:
     """Per-image mean of the diagonal of Cov[x0 | z_t] = (σ_t²/α_t) ∂x̂0/∂z_t (Tweedie's second-order
-    identity, exact for an exact ε; docs/algorithm.md §3c, eq. 3.9), by Hutchinson with one Rademacher
+    identity, exact for an exact ε; docs/algorithm.md §9, eq. 3.9), by Hutchinson with one Rademacher
     `probe` per sample: (σ_t²/α_t) mean_elements(ξ ⊙ Jᵀξ), averaged over the S samples of each image.
     z [S, B, *latent] must require grad and x0 be a function of it; returns [B] (detached, ≥ 10⁻⁶)."""
     (jt,) = torch.autograd.grad(x0, z, probe, retain_graph=True)

@@ -19,8 +19,7 @@ from vipaint.operators import LinearOperator
 from vipaint.posterior import HierarchicalPosterior, sample_chain
 from vipaint.priors.analytic import GaussianMixturePrior
 from vipaint.priors.base import Prior
-from vipaint.sampling import (GuidedStep, abar, descend, guided_denoise, guided_step, time_grid,
-                              x0_variance_estimate)
+from vipaint.sampling import GuidedStep, abar, descend, guided_denoise, guided_step, time_grid, x0_variance_estimate
 from vipaint.seeding import ImageRNG
 
 __all__ = ["VIPaintConfig", "vipaint", "fit_posterior", "refine", "prior_data_variance"]
@@ -44,7 +43,8 @@ class VIPaintConfig:
     Fit (stage 1, docs/algorithm.md §2–§3): `likelihood` / `likelihood_scale` / `reduction` as in
     `Likelihood`; `likelihood_variance` "tweedie" adds r_t² = v σ_t²/(ᾱ_t v + σ_t²) (eq. 3.8) to a Gaussian
     likelihood's variance, "jacobian" adds r_t² estimated per image from the network's Jacobian
-    (Tweedie's second-order identity, eq. 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None: `prior_data_variance`);
+    (Tweedie's second-order identity, eq. 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None:
+    `prior_data_variance`);
     `prior_exact_intervals` prior-loss intervals next to T_e summed exactly each iteration (eq. 3.6);
     `prior_interval_sampling` "uniform" (official: stratified, weight N) or "importance" (∝ the expected
     term of each interval, `interval_weights`, eq. 3.6–3.7);
@@ -114,7 +114,7 @@ class VIPaintConfig:
             raise ValueError("likelihood_variance must be 'plugin', 'tweedie' or 'jacobian', got "
                              f"{self.likelihood_variance!r}")
 
-    def overridden(self, **options: object) -> "VIPaintConfig":
+    def overridden(self, **options: object) -> VIPaintConfig:
         """A copy with `options` set; a new `preset` keeps only this config's explicit fields."""
         unknown = set(options) - (set(self.__dataclass_fields__) - {"explicit"})
         if unknown:
