@@ -184,8 +184,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
     official = dict(OFFICIAL[name])
     if args.n_mc is not None:
         official["n_mc"] = args.n_mc
-    cfg = VIPaintConfig(keypoints=[550, 400], iterations=args.iterations, refine_steps=args.refine_steps,
-                        **official)
+    cfg = VIPaintConfig(preset="official", zeta_over_samples=False, keypoints=[550, 400],
+                        iterations=args.iterations, refine_steps=args.refine_steps, **official)
     b, s = args.images, args.samples
     c, h, w = prior.image_shape
     g = torch.Generator().manual_seed(1)

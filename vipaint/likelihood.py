@@ -5,11 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from vipaint.operators import LinearOperator
 
 __all__ = ["Likelihood"]
+
+
+def _has(extra_var: float | Tensor) -> bool:
+    """Whether an extra variance is given (a tensor always counts; a float when non-zero)."""
+    return isinstance(extra_var, Tensor) or extra_var != 0
 
 
 @dataclass
@@ -35,20 +41,29 @@ class Likelihood:
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"likelihood reduction must be 'mean' or 'sum', got {self.reduction!r}")
 
-    def _scale(self, operator: LinearOperator) -> float:
+    def _scale(self, operator: LinearOperator, extra_var: float | Tensor = 0.0) -> float:
         if self.scale is not None:
             return float(self.scale)
         if self.kind == "l2norm":
             return 1.0
+        if operator.sigma_y <= 0 and self.kind == "gaussian" and _has(extra_var):
+            return 0.0                      # σ_y = 0: the variance is r_t² alone (docs/algorithm.md §3c)
         if operator.sigma_y <= 0:
             raise ValueError("a likelihood without an explicit scale needs an operator with sigma_y > 0")
         return operator.sigma_y
 
-    def __call__(self, x_hat: Tensor, y: Tensor, operator: LinearOperator) -> Tensor:
+    def __call__(self, x_hat: Tensor, y: Tensor, operator: LinearOperator, extra_var: float | Tensor = 0.0
+                 ) -> Tensor:
+        """ℓ per image; `extra_var` (gaussian only; a float or a per-image tensor [B]) adds r_t² to the
+        variance: N(y; A x̂, s² + r_t²) (the variance-aware likelihood, docs/algorithm.md §3c, eq. 3.8)."""
         r = operator(x_hat) - y
         dims = tuple(range(r.dim() - (y.dim() - 1), r.dim()))  # the measurement's own dims
-        s = self._scale(operator)
-        if self.kind == "gaussian":
+        s = self._scale(operator, extra_var)
+        if _has(extra_var) and self.kind != "gaussian":
+            raise ValueError("a variance-aware likelihood (extra_var > 0) needs kind='gaussian'")
+        if self.kind == "gaussian" and _has(extra_var):
+            e = (r ** 2).sum(dims) / (2 * (s ** 2 + extra_var))
+        elif self.kind == "gaussian":
             e = (r ** 2).sum(dims) / (2 * s ** 2)
         elif self.kind == "laplace":
             e = r.abs().sum(dims) / s
@@ -58,11 +73,14 @@ class Likelihood:
             e = e / math.prod(y.shape[1:])
         return e
 
-    def constant(self, y: Tensor, operator: LinearOperator) -> float:
-        """The normalising constant per image (nats) that `__call__` leaves out (reduction='sum')."""
-        p, s = math.prod(y.shape[1:]), self._scale(operator)
+    def constant(self, y: Tensor, operator: LinearOperator, extra_var: float | Tensor = 0.0) -> float | Tensor:
+        """The normalising constant per image (nats) that `__call__` leaves out (reduction='sum'); a
+        tensor [B] when `extra_var` is one."""
+        p, s = math.prod(y.shape[1:]), self._scale(operator, extra_var)
+        if self.kind == "gaussian" and isinstance(extra_var, Tensor):
+            return 0.5 * p * torch.log(2 * math.pi * (s ** 2 + extra_var))
         if self.kind == "gaussian":
-            return 0.5 * p * math.log(2 * math.pi * s ** 2)
+            return 0.5 * p * math.log(2 * math.pi * (s ** 2 + extra_var))
         if self.kind == "laplace":
             return p * math.log(2 * s)
         return float("nan")

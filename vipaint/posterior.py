@@ -48,7 +48,7 @@ class HierarchicalPosterior(nn.Module):
 
     @classmethod
     def initialise(cls, y_enc: Tensor, prior: Prior, keypoints: list[int], rng: ImageRNG, *,
-                   s_top: float = 0.8, gamma_init: float = 5.0, std_scale: float = 0.7) -> "HierarchicalPosterior":
+                   s_top: float = 0.8, gamma_init: float = 5.0, std_scale: float = 0.7) -> HierarchicalPosterior:
         """Official initialisation (docs/algorithm.md §2): ℓ_1 = 2 log σ_{T_e}; std_k = 0.7 × DDPM posterior std
         between h_{k−1} and h_k; μ_1 = y_enc + s_top ε; μ_k = y_enc + (σ_{h_k}/α_{h_k}) ε; γ_k = 5."""
         k, shape = len(keypoints), tuple(y_enc.shape[1:])

@@ -21,7 +21,7 @@ from vipaint.priors.base import Prior
 from vipaint.seeding import ImageRNG
 
 __all__ = ["CLEAN", "abar", "descend", "time_grid", "Energy", "GuidedStep", "GuidedStepOut", "guided_step",
-           "guided_denoise"]
+           "guided_denoise", "x0_variance_estimate"]
 
 CLEAN = -1
 """The clean time: ᾱ = 1, no network call."""
@@ -55,6 +55,16 @@ def time_grid(t_start: int, n_steps: int | None) -> list[int]:
     return sorted(set(ts) - {0}, reverse=True)
 
 
+def x0_variance_estimate(z: Tensor, x0: Tensor, abar_t: Tensor, probe: Tensor) -> Tensor:
+    """Per-image mean of the diagonal of Cov[x0 | z_t] = (σ_t²/α_t) ∂x̂0/∂z_t (Tweedie's second-order
+    identity, exact for an exact ε; docs/algorithm.md §9, eq. 3.9), by Hutchinson with one Rademacher
+    `probe` per sample: (σ_t²/α_t) mean_elements(ξ ⊙ Jᵀξ), averaged over the S samples of each image.
+    z [S, B, *latent] must require grad and x0 be a function of it; returns [B] (detached, ≥ 10⁻⁶)."""
+    (jt,) = torch.autograd.grad(x0, z, probe, retain_graph=True)
+    quad = (probe * jt).flatten(2).mean(-1).mean(0)                                   # [B]
+    return ((1.0 - abar_t) / abar_t.sqrt() * quad).detach().clamp_min(1e-6)
+
+
 @dataclass(frozen=True)
 class GuidedStep:
     """Settings of one guided DDIM step.
@@ -68,6 +78,12 @@ class GuidedStep:
         re-derived from it, ε̂ = (z_t − α_t x̂0)/σ_t, so that η = 1 is the DDPM posterior mean
         q(z_s | z_t, x̂0) of the clamped x̂0 (docs/algorithm.md §10.1).
     guidance_scale: classifier-free guidance g of ε_θ.
+    x0_variance: estimate r_t² = Var[x0 | z_t] per image (`x0_variance_estimate`, one more backward pass
+        and one Rademacher probe per sample from the rng) and call the energy as E(D(x̂0), x̂0, r_t² [B]).
+    form: how the gradient enters the step. "subtract" — z_s = z' − ζ ∇_{z_t} E (DPS, official VIPaint);
+        "score" — ε̂ is replaced by ε̂ + ζ σ_t ∇_{z_t} E before x̂0 and the DDIM update (ζ = 1 with
+        E = −log p(y | z_t): ε of the conditional score; docs/algorithm.md §4, eq. 4.2), linear in the
+        residual and free of any constant tied to the pixel count.
     """
 
     zeta: float = 0.0
@@ -75,10 +91,14 @@ class GuidedStep:
     stochastic: bool = False
     clip: Literal["off", "energy", "both", "full"] = "off"
     guidance_scale: float = 1.0
+    form: Literal["subtract", "score"] = "subtract"
+    x0_variance: bool = False
 
     def __post_init__(self) -> None:
         if self.clip not in ("off", "energy", "both", "full"):
             raise ValueError(f"clip must be 'off', 'energy', 'both' or 'full', got {self.clip!r}")
+        if self.form not in ("subtract", "score"):
+            raise ValueError(f"form must be 'subtract' or 'score', got {self.form!r}")
 
 
 class GuidedStepOut(NamedTuple):
@@ -99,7 +119,8 @@ def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, 
 
         ε̂ = ε_θ(z_t, t, c); x̂0 = (z_t − σ_t ε̂)/α_t  (clamped per `opts.clip`);
         z' = α_s x̂0 + √(1 − ᾱ_s − ŝ²) ε̂ [+ ŝ ξ if stochastic], ŝ = η·(DDPM posterior std);
-        z_s = z' − ζ ∇_{z_t} E(D(x̂0(z_t)), x̂0(z_t))   (∇ / grad_norm(D(x̂0)) per sample if given).
+        z_s = z' − ζ ∇_{z_t} E(D(x̂0(z_t)), x̂0(z_t))   (∇ / grad_norm(D(x̂0)) per sample if given);
+    or, with `opts.form` "score", ε̂ ← ε̂ + ζ σ_t ∇_{z_t} E and x̂0, z' recomputed from it (no subtraction).
 
     The gradient of the energies summed over [S, B] is each sample's own gradient, since each term only
     depends on its own z. One network pass (with backprop when ζ ≠ 0); ξ is drawn from `rng` after it.
@@ -121,15 +142,28 @@ def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, 
         grad = torch.zeros_like(z)
         if guided or need_image:
             image = prior.decode(x0_data)
-        if guided:
+        if guided and opts.x0_variance:
+            if rng is None:
+                raise ValueError("x0_variance needs an rng for its probe")
+            probe = (rng.rand(z.shape[0], *z.shape[2:], batch_dim=1).to(z) < 0.5).to(z) * 2 - 1
+            r2 = x0_variance_estimate(z, x0, ab_t, probe)
+            (grad,) = torch.autograd.grad(energy(image, x0_data, r2).sum(), z)  # type: ignore[call-arg]
+        elif guided:
             (grad,) = torch.autograd.grad(energy(image, x0_data).sum(), z)
-            if grad_norm is not None:
-                grad = grad / bcast(grad_norm(image), grad)
+        if guided and grad_norm is not None:
+            grad = grad / bcast(grad_norm(image), grad)
     noise = None
     if opts.stochastic and t_prev != CLEAN:
         if rng is None:
             raise ValueError("a stochastic step needs an rng")
         noise = rng.randn(z.shape[0], *z.shape[2:], batch_dim=1).to(z)
+    if opts.form == "score":
+        e = e.detach() + opts.zeta * (1.0 - ab_t).sqrt() * grad      # ε̂ of the conditional score (eq. 4.2)
+        x0 = tweedie_x0(z.detach(), e, ab_t)
+        if opts.clip == "both" and not prior.is_latent:
+            x0 = x0.clamp(-1, 1)
+        return GuidedStepOut(z=ddim_step(x0, e, ab_t, ab_prev, opts.eta, noise).detach(), eps=e, x0=x0.detach(),
+                             image=image.detach() if image is not None else None)
     z_prev = ddim_step(x0.detach(), e.detach(), ab_t, ab_prev, opts.eta, noise)
     return GuidedStepOut(z=(z_prev - opts.zeta * grad).detach(), eps=e.detach(), x0=x0.detach(),
                          image=image.detach() if image is not None else None)

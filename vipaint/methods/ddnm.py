@@ -26,7 +26,8 @@ Note η is DDNM's (the share of fresh noise in the √(1−ᾱ_s) budget, offici
 schedule) re-noises from the latest Tweedie estimate, x_j = √ᾱ_j x̂0 + √(1−ᾱ_j) ξ — the uncorrected x̂0, as
 both official samplers do (`x0_preds`). Defaults [repo]: 100 steps, η = 0.85, no travel → NFE 100, no
 backprop. A⁺ is the operator's `pinv` (closed form for inpainting and SR, Tikhonov-regularised with a
-relative δ from the separable SVD for blur); DDNM+ calls it twice per step (the correction and the range part of the noise).
+relative δ from the separable SVD for blur); DDNM+ calls it twice per step (the correction and the range
+part of the noise).
 
 Latent priors (our extension, not in the paper): the correction is applied in pixel space and mapped
 back, ẑ0|y = E(x̂ − λ_s A⁺(A x̂ − y)) with x̂ = D(ẑ0), then the DDNM noise in latent space (the range /

@@ -4,64 +4,123 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from vipaint.diffusion import edm_time_grid
-from vipaint.elbo import negative_elbo
+from vipaint.diffusion import edm_time_grid, tweedie_x0, x0_variance
+from vipaint.elbo import interval_weights, negative_elbo
 from vipaint.likelihood import Likelihood
 from vipaint.methods.base import MethodResult, Progress, initial_image
+from vipaint.methods.vipaint_presets import preset_values
 from vipaint.operators import LinearOperator
 from vipaint.posterior import HierarchicalPosterior, sample_chain
+from vipaint.priors.analytic import GaussianMixturePrior
 from vipaint.priors.base import Prior
-from vipaint.sampling import GuidedStep, guided_denoise, time_grid
+from vipaint.sampling import GuidedStep, abar, descend, guided_denoise, guided_step, time_grid, x0_variance_estimate
 from vipaint.seeding import ImageRNG
 
-__all__ = ["VIPaintConfig", "vipaint", "fit_posterior", "refine"]
+__all__ = ["VIPaintConfig", "vipaint", "fit_posterior", "refine", "prior_data_variance"]
+
+
+class _Unset:
+    """Marks a field the caller did not set: `VIPaintConfig.__post_init__` fills it from the preset."""
+
+    def __repr__(self) -> str:
+        return "<from preset>"
+
+
+_FROM_PRESET: Any = _Unset()
 
 
 @dataclass
 class VIPaintConfig:
-    """All VIPaint options; defaults are the official code's (docs/algorithm.md §5), with its slips fixed
-    (§7). Likelihood defaults to 100·L1 (Laplace, b = 0.01) with element means and β = 100. Stage 2
-    guides with the same energy unless `refine_likelihood` is set; DPS's guidance is `refine_likelihood:
-    l2norm, refine_reduction: sum, zeta: 0.5, stochastic: true, eta_refine: 1.0` (README, "VIPaint's
-    options on the MNIST prior"). `init_fill` chooses what q's means start from in the holes: "zero"
-    (official, A⁺y) or "observed_mean" (the mean of the observed pixels; `initial_image`)."""
+    """All VIPaint options. `preset` ("principled", the default, or "official"; `preset_values`) fills
+    every field the caller leaves out; explicit fields win (docs/algorithm.md §5, §9).
 
-    keypoints: list[int] = field(default_factory=lambda: [550, 400])
-    iterations: int = 50
-    n_mc: int = 5
-    lr_mu: float = 0.1
-    lr_logvar: float = 1e-3
-    lr_gamma: float = 1e-2
-    adam_betas: tuple[float, float] = (0.9, 0.99)
-    lr_step: int = 10
-    lr_gamma_decay: float = 0.99
-    beta_prior: float = 100.0
-    beta_hier: float = 100.0
-    reduction: str = "mean"
-    likelihood: str = "laplace"
-    likelihood_scale: float | None = 0.01
-    eta_fit: float = 0.2 ** 0.5
-    s_top: float = 0.8
-    gamma_init: float = 5.0
-    std_scale: float = 0.7
-    init_fill: str = "zero"
-    prior_grid_points: int = 300
-    fit_guidance: float = 1.0
-    refine_steps: int | None = None
-    zeta: float = 2.0
-    eta_refine: float = 0.2
-    stochastic: bool = False
-    normalize_guidance: bool = False
-    refine_guidance: float = 1.0
-    clip_x0: bool = False
-    refine_likelihood: str | None = None
-    refine_likelihood_scale: float | None = None
-    refine_reduction: str | None = None
+    Fit (stage 1, docs/algorithm.md §2–§3): `likelihood` / `likelihood_scale` / `reduction` as in
+    `Likelihood`; `likelihood_variance` "tweedie" adds r_t² = v σ_t²/(ᾱ_t v + σ_t²) (eq. 3.8) to a Gaussian
+    likelihood's variance, "jacobian" adds r_t² estimated per image from the network's Jacobian
+    (Tweedie's second-order identity, eq. 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None:
+    `prior_data_variance`);
+    `prior_exact_intervals` prior-loss intervals next to T_e summed exactly each iteration (eq. 3.6);
+    `prior_interval_sampling` "uniform" (official: stratified, weight N) or "importance" (∝ the expected
+    term of each interval, `interval_weights`, eq. 3.6–3.7);
+    `std_scale` q's initial transition std in units of the DDPM posterior std (None: η_fit, the prior
+    kernel's, so the hierarchical KL starts near 0); `init_fill` "zero" (official, A⁺y) or "observed_mean"
+    (`initial_image`); `lr_relative` multiplies `lr_mu` by √v (the latent's std).
+    Refinement (stage 2, docs/algorithm.md §4): `guidance_form` "subtract" (z_s = z' − ζ∇E, official) or
+    "score" (ε̂ ← ε̂ + ζ σ_t ∇E, eq. 4.2); `zeta_over_samples` divides ζ by S (the official code
+    differentiates the mean over its S samples). Stage 2 guides with the fit's likelihood (with r_t² at
+    each step when "tweedie") unless `refine_likelihood` is set; DPS's guidance is `refine_likelihood:
+    l2norm, refine_reduction: sum, zeta: 0.5, stochastic: true, eta_refine: 1.0`."""
+
+    preset: str = "principled"
+    keypoints: list[int] = _FROM_PRESET
+    iterations: int = _FROM_PRESET
+    n_mc: int = _FROM_PRESET
+    lr_mu: float = _FROM_PRESET
+    lr_logvar: float = _FROM_PRESET
+    lr_gamma: float = _FROM_PRESET
+    adam_betas: tuple[float, float] = _FROM_PRESET
+    lr_step: int = _FROM_PRESET
+    lr_gamma_decay: float = _FROM_PRESET
+    lr_relative: bool = _FROM_PRESET
+    beta_prior: float = _FROM_PRESET
+    beta_hier: float = _FROM_PRESET
+    reduction: str = _FROM_PRESET
+    likelihood: str = _FROM_PRESET
+    likelihood_scale: float | None = _FROM_PRESET
+    likelihood_variance: str = _FROM_PRESET
+    data_variance: float | None = _FROM_PRESET
+    prior_exact_intervals: int = _FROM_PRESET
+    prior_interval_sampling: str = _FROM_PRESET
+    eta_fit: float = _FROM_PRESET
+    s_top: float = _FROM_PRESET
+    gamma_init: float = _FROM_PRESET
+    std_scale: float | None = _FROM_PRESET
+    init_fill: str = _FROM_PRESET
+    prior_grid_points: int = _FROM_PRESET
+    fit_guidance: float = _FROM_PRESET
+    refine_steps: int | None = _FROM_PRESET
+    zeta: float = _FROM_PRESET
+    zeta_over_samples: bool = _FROM_PRESET
+    guidance_form: str = _FROM_PRESET
+    eta_refine: float = _FROM_PRESET
+    stochastic: bool = _FROM_PRESET
+    normalize_guidance: bool = _FROM_PRESET
+    refine_guidance: float = _FROM_PRESET
+    clip_x0: bool = _FROM_PRESET
+    refine_likelihood: str | None = _FROM_PRESET
+    refine_likelihood_scale: float | None = _FROM_PRESET
+    refine_reduction: str | None = _FROM_PRESET
+    explicit: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = preset_values(self.preset)
+        explicit = set()
+        for name, value in values.items():
+            if getattr(self, name) is _FROM_PRESET:
+                setattr(self, name, value)
+            else:
+                explicit.add(name)
+        self.explicit = frozenset(explicit)
+        if self.prior_interval_sampling not in ("uniform", "importance"):
+            raise ValueError("prior_interval_sampling must be 'uniform' or 'importance', got "
+                             f"{self.prior_interval_sampling!r}")
+        if self.likelihood_variance not in ("plugin", "tweedie", "jacobian"):
+            raise ValueError("likelihood_variance must be 'plugin', 'tweedie' or 'jacobian', got "
+                             f"{self.likelihood_variance!r}")
+
+    def overridden(self, **options: object) -> VIPaintConfig:
+        """A copy with `options` set; a new `preset` keeps only this config's explicit fields."""
+        unknown = set(options) - (set(self.__dataclass_fields__) - {"explicit"})
+        if unknown:
+            raise TypeError(f"unknown VIPaint option(s) {sorted(unknown)}; see VIPaintConfig")
+        mine = {k: getattr(self, k) for k in self.explicit}
+        return VIPaintConfig(**{"preset": self.preset, **mine, **options})  # type: ignore[arg-type]
 
     def make_likelihood(self) -> Likelihood:
         return Likelihood(self.likelihood, self.likelihood_scale, self.reduction)
@@ -73,6 +132,28 @@ class VIPaintConfig:
             return self.make_likelihood()
         return Likelihood(self.refine_likelihood, self.refine_likelihood_scale,
                           self.refine_reduction or self.reduction)
+
+    def variance_mode(self, likelihood: Likelihood) -> str:
+        """How `likelihood` gets r_t² added: "tweedie" (eq. 3.8, from v), "jacobian" (eq. 3.9, estimated
+        from the network) or "plugin" (not at all; always for non-Gaussian likelihoods)."""
+        return self.likelihood_variance if likelihood.kind == "gaussian" else "plugin"
+
+
+def prior_data_variance(prior: Prior, cfg: VIPaintConfig) -> float:
+    """v, the per-element variance of the prior's data (of its latents for latent priors), for r_t²
+    (docs/algorithm.md §3c): `cfg.data_variance`, else the prior's own `data_variance`, else the exact
+    mean per-pixel variance of an analytic mixture, else 1 (the bound for data in [−1, 1])."""
+    if cfg.data_variance is not None:
+        return float(cfg.data_variance)
+    v = getattr(prior, "data_variance", None)
+    if v is not None:
+        return float(v)
+    if isinstance(prior, GaussianMixturePrior):
+        w, m, c = prior.weights, prior.means, prior.covs
+        mean = (w[:, None] * m).sum(0)
+        var = (w[:, None] * (c.diagonal(dim1=-2, dim2=-1) + (m - mean) ** 2)).sum(0)
+        return float(var.mean())
+    return 1.0
 
 
 def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageRNG, cfg: VIPaintConfig,
@@ -86,12 +167,23 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     if max(cfg.keypoints) >= prior.num_timesteps - 1 or min(cfg.keypoints) < 1:
         raise ValueError(f"keypoints {cfg.keypoints} must lie in [1, T-1) with T = {prior.num_timesteps}")
     y_enc = prior.encode(initial_image(operator, y, prior.image_shape, cfg.init_fill))
+    std_scale = cfg.eta_fit if cfg.std_scale is None else cfg.std_scale
     post = HierarchicalPosterior.initialise(y_enc.detach(), prior, cfg.keypoints, rng, s_top=cfg.s_top,
-                                            gamma_init=cfg.gamma_init, std_scale=cfg.std_scale)
-    opt = torch.optim.Adam(post.param_groups(cfg.lr_mu, cfg.lr_logvar, cfg.lr_gamma), betas=cfg.adam_betas)
+                                            gamma_init=cfg.gamma_init, std_scale=std_scale)
+    v = prior_data_variance(prior, cfg)
+    lr_mu = cfg.lr_mu * v ** 0.5 if cfg.lr_relative else cfg.lr_mu
+    opt = torch.optim.Adam(post.param_groups(lr_mu, cfg.lr_logvar, cfg.lr_gamma), betas=cfg.adam_betas)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma_decay)
     grid = edm_time_grid(prior.alphas_cumprod, cfg.keypoints[0], n=cfg.prior_grid_points)
+    probs = None
+    if cfg.prior_interval_sampling == "importance":
+        probs = interval_weights(grid, prior.alphas_cumprod, v)[cfg.prior_exact_intervals:]
     lik = cfg.make_likelihood()
+    r2: float | Tensor = 0.0
+    if cfg.variance_mode(lik) == "tweedie":
+        r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v))
+    elif cfg.variance_mode(lik) == "jacobian":
+        r2 = _initial_x0_variance(post, prior, rng, cfg, cond)
     b = y.shape[0]
     failed = torch.zeros(b, dtype=torch.bool)
     reasons = [""] * b
@@ -100,7 +192,8 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
         opt.zero_grad(set_to_none=True)
         terms = negative_elbo(post, prior, operator, y, lik, rng, n_mc=cfg.n_mc, grid=grid, eta=cfg.eta_fit,
                               beta_prior=cfg.beta_prior, beta_hier=cfg.beta_hier, reduction=cfg.reduction,
-                              cond=cond)
+                              cond=cond, n_exact=cfg.prior_exact_intervals,
+                              interval_probs=probs, rec_extra_var=r2)
         obj = terms.objective
         bad = ~torch.isfinite(obj.detach()).cpu()
         for i in torch.nonzero(bad & ~failed).flatten().tolist():
@@ -126,29 +219,77 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     return post, trace, failed, reasons
 
 
+def _initial_x0_variance(post: HierarchicalPosterior, prior: Prior, rng: ImageRNG, cfg: VIPaintConfig,
+                         cond: Tensor | None) -> Tensor:
+    """r_{T_s}² per image [B] for the fit's likelihood under "jacobian" (eq. 3.9), estimated once at the
+    initial q_λ from `n_mc` chains (K − 1 + 1 network passes, one backward)."""
+    with torch.no_grad():
+        z = sample_chain(post, prior, cfg.n_mc, rng, eta=cfg.eta_fit, cond=cond).z[-1]
+    z = z.detach().requires_grad_(True)
+    ab = abar(prior, cfg.keypoints[-1], z)
+    with torch.enable_grad():
+        x0 = tweedie_x0(z, prior.eps(z, cfg.keypoints[-1], cond), ab)
+        probe = (rng.rand(z.shape[0], *z.shape[2:], batch_dim=1).to(z) < 0.5).to(z) * 2 - 1
+        return x0_variance_estimate(z, x0, ab, probe)
+
+
 def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG, cfg: VIPaintConfig, *,
            likelihood: Likelihood | None = None, cond: Tensor | None = None,
            progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
     """Stage 2 (docs/algorithm.md §4): guided DDIM from z_{T_s} [S, B, *latent] (T_s = the last keypoint) on
     `time_grid(T_s, cfg.refine_steps)`, guided by ζ ∇ ℓ(D(x̂0); y) with ℓ = `likelihood` (default
-    `cfg.make_refine_likelihood()`), ζ/‖A(x̂) − y‖₂ per sample if `cfg.normalize_guidance`.
+    `cfg.make_refine_likelihood()`; with r_t² added at each step t under `likelihood_variance: tweedie`),
+    ζ/S per sample if `cfg.zeta_over_samples`, ζ/‖A(x̂) − y‖₂ per sample if `cfg.normalize_guidance`, in
+    the form `cfg.guidance_form` (eq. 4.1 "subtract", eq. 4.2 "score").
 
-    Returns D(x̂0) of the last step [S, B, *image] and the number of ε_θ passes (each with backprop
-    when ζ ≠ 0)."""
+    Returns the samples [S, B, *image] — D(x̂0) of the last network step ("subtract"; the official
+    output) or D(z_0) of the guided last step ("score") — and the number of ε_θ passes (each with
+    backprop when ζ ≠ 0)."""
     lik = likelihood if likelihood is not None else cfg.make_refine_likelihood()
     times = time_grid(cfg.keypoints[-1], cfg.refine_steps)
-    opts = GuidedStep(zeta=cfg.zeta, eta=cfg.eta_refine, stochastic=cfg.stochastic,
-                      clip="both" if cfg.clip_x0 else "off", guidance_scale=cfg.refine_guidance)
-
-    def energy(x: Tensor, _: Tensor) -> Tensor:
-        return lik(x, y, operator)                                                    # [S, B]
+    zeta = cfg.zeta / z.shape[0] if cfg.zeta_over_samples else cfg.zeta
+    opts = GuidedStep(zeta=zeta, eta=cfg.eta_refine, stochastic=cfg.stochastic,
+                      clip="both" if cfg.clip_x0 else "off", guidance_scale=cfg.refine_guidance,
+                      form="score" if cfg.guidance_form == "score" else "subtract")
+    if cfg.guidance_form not in ("score", "subtract"):
+        raise ValueError(f"guidance_form must be 'subtract' or 'score', got {cfg.guidance_form!r}")
 
     def residual_norm(x: Tensor) -> Tensor:
         return (operator(x) - y).flatten(2).norm(dim=-1).clamp_min(1e-8)             # [S, B]
 
-    out = guided_denoise(prior, z, times, opts, energy=energy,
-                         grad_norm=residual_norm if cfg.normalize_guidance else None, cond=cond, rng=rng,
-                         final_image=True, progress=progress)
+    grad_norm = residual_norm if cfg.normalize_guidance else None
+    mode = cfg.variance_mode(lik)
+    if mode == "jacobian":
+        opts = replace(opts, x0_variance=True)
+
+        def energy_r(x: Tensor, _: Tensor, r2: Tensor) -> Tensor:
+            return lik(x, y, operator, r2)                                            # [S, B]
+
+        out = guided_denoise(prior, z, times, opts, energy=energy_r, grad_norm=grad_norm,  # type: ignore[arg-type]
+                             cond=cond, rng=rng, final_image=True, progress=progress)
+    elif mode == "plugin":
+        def energy(x: Tensor, _: Tensor) -> Tensor:
+            return lik(x, y, operator)                                                # [S, B]
+
+        out = guided_denoise(prior, z, times, opts, energy=energy, grad_norm=grad_norm, cond=cond, rng=rng,
+                             final_image=True, progress=progress)
+    else:
+        v = prior_data_variance(prior, cfg)
+        steps = descend(times)
+        for i, (t, t_prev) in enumerate(steps):
+            r2 = float(x0_variance(abar(prior, t, z).double().item(), v))
+
+            def energy(x: Tensor, _: Tensor, r2: float = r2) -> Tensor:
+                return lik(x, y, operator, r2)                                        # [S, B]
+
+            out = guided_step(prior, z, t, t_prev, opts, energy=energy, grad_norm=grad_norm, cond=cond, rng=rng,
+                              need_image=i == len(steps) - 1)
+            z = out.z
+            if progress is not None:
+                progress(i + 1, len(steps))
+    if opts.form == "score":
+        with torch.no_grad():
+            return prior.decode(out.z), len(times)
     return out.image, len(times)
 
 
@@ -156,13 +297,8 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
             cond: Tensor | None = None, progress: bool = False, config: VIPaintConfig | None = None,
             **options: object) -> MethodResult:
     """VIPaint for B observations y [B, ...]: one fit of q_λ per observation, then `n_samples` refined
-    samples per observation. Options override `VIPaintConfig` fields."""
-    cfg = config or VIPaintConfig()
-    if options:
-        unknown = set(options) - set(VIPaintConfig.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown VIPaint option(s) {sorted(unknown)}; see VIPaintConfig")
-        cfg = VIPaintConfig(**{**cfg.__dict__, **options})
+    samples per observation. Options override `VIPaintConfig` fields (`preset` picks the defaults)."""
+    cfg = (config or VIPaintConfig()).overridden(**options) if options else (config or VIPaintConfig())
     post, trace, failed, reasons = fit_posterior(prior, operator, y, rng, cfg, cond=cond,
                                                  progress=Progress("VIPaint fit", progress))
     with torch.no_grad():
@@ -174,7 +310,10 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         reasons[i] = "non-finite samples after refinement"
     failed = failed | bad
     k = len(cfg.keypoints)
-    nfe = cfg.iterations * (k + 1) + (k - 1) + n_ref
-    nbp = cfg.iterations * (k + 1) + (n_ref if cfg.zeta != 0 else 0)
+    per_it = k + 1 + cfg.prior_exact_intervals            # + one pass per exactly summed interval
+    jac = cfg.variance_mode(cfg.make_likelihood()) == "jacobian"
+    jac_ref = cfg.variance_mode(cfg.make_refine_likelihood()) == "jacobian" and cfg.zeta != 0
+    nfe = cfg.iterations * per_it + (k - 1) + n_ref + (k if jac else 0)
+    nbp = cfg.iterations * per_it + (n_ref if cfg.zeta != 0 else 0) + (1 if jac else 0) + (n_ref if jac_ref else 0)
     return MethodResult(samples=x, nfe=nfe, n_backprop=nbp, failed=failed, reasons=reasons,
                         traces={"objective": trace})
