@@ -324,7 +324,8 @@ def test_non_square_image_and_its_mask_get_one_geometry(tmp_path, cache):
                                 masks=[FileMask(path=str(root / "masks" / "a.png"))])[0]
     assert torch.equal(gen["mask"], it["mask"])
     Image.fromarray(np.full((10, 20), 255, np.uint8)).save(tmp_path / "other.png")
-    with pytest.raises(ValueError, match=r"mask file .*other\.png\): the mask is 20×10 \(W×H\), another aspect"):
+    msg = r"mask file .*other\.png\): the mask is 20×10 \(W×H\) but the image is 100×37"
+    with pytest.raises(ValueError, match=msg):
         InverseProblemDataset(source=str(root), cache_dir=cache, image_size=37,
                               masks=[FileMask(path=str(tmp_path / "other.png"))])[0]
 

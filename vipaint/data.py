@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vipaint.imageio import RESIZE_POLICIES, crop_box, fit_mask, load_image, read_image
+from vipaint.imageio import RESIZE_POLICIES, fit_mask, fit_mask_to_image, load_image, read_image
 from vipaint.masks import FileMask, MaskGenerator, check_mask
 from vipaint.provenance import sha256_bytes, sha256_file
 
@@ -208,7 +208,7 @@ class InverseProblemDataset(Dataset):
             gen = self.masks[g]
             if isinstance(gen, FileMask) and self.table is not None:   # the image's crop and resize
                 where = f"dataset index {k} (mask file {gen.files[k % len(gen.files)]})"
-                m = _file_mask_geometry(gen.native(k), native, size, self.resize, where=where)[None].to(torch.float32)
+                m = fit_mask_to_image(gen.native(k), native, size, self.resize, where=where)[None].to(torch.float32)
             else:
                 m = gen(index=k, seed=self.seed, size=size)
             name = gen.name
@@ -243,20 +243,6 @@ def _same_geometry(m: Tensor, native: tuple[int, int], box: tuple[int, int, int,
         return fit_mask(m[0] > 0.5, box, size).to(torch.float32)[None]
     raise ValueError(f"{where}: mask size {hw} matches neither its image's file size {native} nor the size "
                      f"{size} it is used at (image {image}); save the mask at the image's size")
-
-
-def _file_mask_geometry(m: Tensor, native: tuple[int, int], size: tuple[int, int], resize: str, *,
-                        where: str) -> Tensor:
-    """A `FileMask` mask [h, w] (bool, at its file's size) fitted like its image of file size `native`: kept
-    at the final size, else cut and resized by the image's policy; another aspect ratio is an error."""
-    h, w = m.shape
-    if (h, w) == tuple(size):
-        return m
-    nh, nw = native
-    if w * nh != h * nw:
-        raise ValueError(f"{where}: the mask is {w}×{h} (W×H), another aspect ratio than its image ({nw}×{nh}); "
-                         "save the mask at the image's size")
-    return fit_mask(m, crop_box(w, h, size, resize, where=where), size)
 
 
 def _check_count(name: str, value: object, *, low: int, none_ok: bool = False) -> None:

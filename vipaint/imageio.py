@@ -24,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 __all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_POLICIES", "ImageTooLargeError", "max_pixels", "open_image",
-           "crop_box", "fit_mask", "is_high_depth", "high_depth_as_float", "check_pixels", "read_image", "load_image"]
+           "crop_box", "fit_mask", "fit_mask_to_image", "is_high_depth", "high_depth_as_float", "check_pixels",
+           "read_image", "load_image"]
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 RESIZE_POLICIES = ("none", "crop", "stretch")
@@ -132,6 +133,21 @@ def fit_mask(mask: Tensor, box: tuple[int, int, int, int], target: tuple[int, in
         return m
     m = F.interpolate(m.to(torch.float32)[None, None], size=tuple(target), mode="nearest-exact")
     return m[0, 0] > 0.5
+
+
+def fit_mask_to_image(mask: Tensor, image_hw: tuple[int, int], target: tuple[int, int], policy: str, *,
+                      where: str) -> Tensor:
+    """A mask file's mask [h, w] (bool) given its image's geometry: a mask already of the `target` size
+    (height, width) is kept; one with the image's aspect ratio is cut and resized by the image's policy
+    (`crop_box`, `fit_mask`); any other size is an error naming the mask and the image sizes."""
+    mh, mw = mask.shape
+    if (mh, mw) == tuple(target):
+        return mask
+    ih, iw = image_hw
+    if mw * ih != mh * iw:
+        raise ValueError(f"{where}: the mask is {mw}×{mh} (W×H) but the image is {iw}×{ih}; save the mask at the "
+                         f"image's size (or at the target {target[1]}×{target[0]})")
+    return fit_mask(mask, crop_box(mw, mh, target, policy, where=where), target)
 
 
 def read_image(source: str | bytes | Image.Image, *, where: str, size: int | None = None,

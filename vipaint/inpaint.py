@@ -92,33 +92,18 @@ def check_output(out: Path, inputs: list[Path]) -> None:
         raise ValueError(f"--out {out}: the folder {parent} is not writable")
 
 
-def _fit_file_mask(m: Tensor, image_hw: tuple[int, int], target: tuple[int, int], resize: str, where: str) -> Tensor:
-    """The mask [h, w] (bool) with the image's geometry: a mask of the target size is kept; one of the image's
-    aspect ratio gets the image's resize policy; any other size is an error."""
-    from vipaint.imageio import crop_box, fit_mask
-
-    mh, mw = m.shape
-    if (mh, mw) == tuple(target):
-        return m
-    ih, iw = image_hw
-    if mw * ih != mh * iw:
-        raise ValueError(f"{where}: the mask is {mw}×{mh} (W×H) but the image is {iw}×{ih}; save the mask at the "
-                         f"image's size (or at the prior's {target[1]}×{target[0]})")
-    return fit_mask(m, crop_box(mw, mh, target, resize, where=where), target)
-
-
 def load_pair(image: str, mask: str, *, shape: tuple[int, int, int], resize: str, invert: bool, binarize: bool
               ) -> tuple[Tensor, Tensor]:
     """The image [C, H, W] in [−1, 1] and its mask [1, H, W] in {0, 1}, both fitted to `shape` by one policy."""
-    from vipaint.imageio import read_image
+    from vipaint.imageio import fit_mask_to_image, read_image
     from vipaint.masks import FileMask, check_mask
 
     c, h, w = shape
     if h != w:
         raise ValueError(f"the prior's images are {w}×{h}; `vipaint inpaint` handles square priors only")
     x, native, _ = read_image(image, where=f"image {image}", size=h, channels=c, resize=resize)
-    m = _fit_file_mask(FileMask(path=mask, invert=invert, binarize=binarize).native(0), native, (h, w), resize,
-                       where=f"mask {mask}")
+    m = fit_mask_to_image(FileMask(path=mask, invert=invert, binarize=binarize).native(0), native, (h, w), resize,
+                          where=f"mask {mask}")
     if not bool(m.any()) or bool(m.all()):
         what = "no observed pixel (all black)" if not bool(m.any()) else "no hole (all white)"
         raise ValueError(f"mask {mask}: after fitting to {w}×{h} it has {what}; white marks observed pixels "
