@@ -22,12 +22,12 @@ Writes elbo_variance.md / .json under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from vipaint.bench.report import write_table
 from vipaint.data import InverseProblemDataset
 from vipaint.diffusion import edm_time_grid
 from vipaint.elbo import interval_weights, negative_elbo
@@ -112,14 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             print(row, flush=True)
     cols = ["problem", "estimator", "n_intervals", "value_mean", "value_std", "grad_var", "grad_snr_median",
             "nfe_per_iteration"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    md += ["| " + " | ".join(cell(r[k]) for k in cols) + " |" for r in rows]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "elbo_variance.md").write_text("\n".join(md) + "\n")
-    (out / "elbo_variance.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print("\n".join(md))
+    print(write_table(Path(args.out), "elbo_variance", rows, cols, vars(args)))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ compared through this ratio. Writes fit_descent.md / .json under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from vipaint.bench.report import write_table
 from vipaint.data import InverseProblemDataset
 from vipaint.masks import BoxMask
 from vipaint.methods.vipaint import VIPaintConfig, fit_posterior
@@ -61,14 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                          "failed": bool(failed[i]), "seconds": time.time() - t0})
             print(rows[-1], flush=True)
     cols = ["preset", "image", "first10", "last10", "descent_in_se"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    md += ["| " + " | ".join(cell(r[k]) for k in cols) + " |" for r in rows]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fit_descent.md").write_text("\n".join(md) + "\n")
-    (out / "fit_descent.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print("\n".join(md))
+    print(write_table(Path(args.out), "fit_descent", rows, cols, vars(args)))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ Writes q_noise_level.md / .json.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
+from vipaint.bench.report import write_table
 from vipaint.data import InverseProblemDataset
 from vipaint.diffusion import tweedie_x0
 from vipaint.masks import HalfPlaneMask
@@ -85,14 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                          "failed": int(failed.sum())})
         print(rows[-1], flush=True)
     cols = ["chain", "keypoint", "mean_eps_sq", "z_std", "rec"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    cell = lambda v: "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    md += ["| " + " | ".join(cell(r.get(k)) for k in cols) + " |" for r in rows]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "q_noise_level.md").write_text("\n".join(md) + "\n")
-    (out / "q_noise_level.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print("\n".join(md))
+    print(write_table(Path(args.out), "q_noise_level", rows, cols, vars(args)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from vipaint.bench.features import (
     save_observation_features,
 )
 
-__all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "save_item_features"]
+__all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "save_item_features",
+           "write_table"]
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_hole", "exact_mean_rmse", "exact_std_ratio", "sliced_w2",
                "mode_weight_error", "coverage90", "coverage90_exact")
@@ -181,6 +182,17 @@ def md_table(rows: list[dict], cols: list[str]) -> list[str]:
     """Markdown lines: header, separator, one line per row (missing / NaN cells as –)."""
     return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             + ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
+
+def write_table(out: Path, name: str, rows: list[dict], cols: list[str], meta: dict) -> str:
+    """A study script's result: `<out>/<name>.md` (the `md_table` of `rows`) and `<out>/<name>.json`
+    ({"args": meta, "rows": rows}); returns the Markdown."""
+    md = "\n".join(md_table(rows, cols))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(md + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"args": meta, "rows": rows}, indent=1))
+    return md
 
 
 def _write(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
