@@ -110,7 +110,7 @@ class PredictionWriter(BasePredictionWriter):
                     print(f"[vipaint] removed {p}, left by an interrupted run")
                 for p in (self.output_dir / "ranks").glob("*.json"):   # throughput of an earlier run
                     p.unlink()
-            self.started, self.n_written = time.perf_counter(), 0
+            self.started, self.n_written, self.metric_seconds = time.perf_counter(), 0, 0.0
             check_writable(self.output_dir)
             check_method_options(pl_module)
             self.pending_settings = run_settings(pl_module, datamodule)
@@ -186,7 +186,9 @@ class PredictionWriter(BasePredictionWriter):
         of each image's input files) go into its metrics record, for `is_done` to compare on a rerun."""
         p, res = prediction, prediction.result
         self.write_pending_settings()
+        t0 = time.perf_counter()
         extra = observation_records(p, self.output_dir, self.networks)     # saves features/<index>.pt
+        self.metric_seconds = getattr(self, "metric_seconds", 0.0) + time.perf_counter() - t0
         for b, index in enumerate(p.index.tolist()):
             self.n_written = getattr(self, "n_written", 0) + 1     # computed by this rank (failed ones too)
             name = f"{index:06d}"
@@ -226,12 +228,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_rank_throughput(self, rank: int) -> None:
         """ranks/<rank>.json: the images this rank computed (failed ones included), its wall time since
-        setup and their ratio."""
+        setup, their ratio, and the seconds spent in the metric networks (FID features, perceptual distance)
+        while writing."""
         started = getattr(self, "started", None)
         seconds = 0.0 if started is None else time.perf_counter() - started
         n = getattr(self, "n_written", 0)
         rec = {"rank": rank, "images": n, "seconds": round(seconds, 3),
-               "images_per_second": round(n / seconds, 4) if seconds > 0 else None}
+               "images_per_second": round(n / seconds, 4) if seconds > 0 else None,
+               "metric_seconds": round(getattr(self, "metric_seconds", 0.0), 3)}
         (self.output_dir / "ranks").mkdir(exist_ok=True)
         _atomic(self.output_dir / "ranks" / f"{rank}.json", partial(Path.write_text, data=json.dumps(rec)))
 
@@ -352,7 +356,17 @@ def rank_throughput(output_dir: Path) -> str:
     _atomic(output_dir / "throughput.json", partial(Path.write_text, data=json.dumps(recs, indent=1)))
     return "\n".join(f"[vipaint] rank {r['rank']}: {r['images']} images in {r['seconds']:.1f} s"
                      + (f" ({r['images_per_second']:.3g} images/s)" if r["images"] and r["images_per_second"] else "")
+                     + _metric_share(r)
                      for r in recs)
+
+
+def _metric_share(rec: dict) -> str:
+    """`; metric networks X s (Y %)`: the share of a rank's wall time spent on FID features and the
+    perceptual distance (empty for records written before it was measured)."""
+    m, total = rec.get("metric_seconds"), rec.get("seconds") or 0.0
+    if m is None or total <= 0:
+        return ""
+    return f"; FID features + perceptual distance {m:.1f} s ({100 * m / total:.0f} % of it)"
 
 
 def describe_changes(old: dict, new: dict) -> str:
