@@ -10,10 +10,11 @@ Folder layouts (diffusers `save_pretrained` of a pipeline; the first that matche
 2. no index: `unet/` (class from its config's `_class_name`) or `transformer/` (DiT); codec `vae/`
    (class from its config, default AutoencoderKL) or `vqvae/` (VQModel).
 3. a bare model: `config.json` (class from `_class_name`) + `scheduler_config.json` at the root.
-Always `scheduler/` (any VP scheduler config: DDPM, DDIM, ...), and for `UNet2DConditionModel` a
-`class_embedder/` folder (see `vipaint.priors.denoisers`). A UNet2DModel folder's `attention_heads.json`
-(written by `vipaint convert-ldm` for lsun_churches256) is applied on load (`apply_attention_heads`).
-CompVis checkpoints are converted into these layouts by `vipaint convert-ldm` (docs/convert.md).
+Always `scheduler/` (any VP scheduler config: DDPM, DDIM, ...; or `FlowMatchEulerDiscreteScheduler`), and
+for `UNet2DConditionModel` a `class_embedder/` folder (see `vipaint.priors.denoisers`). A UNet2DModel folder's
+`attention_heads.json` (written by `vipaint convert-ldm` for lsun_churches256) is applied on load
+(`apply_attention_heads`). CompVis checkpoints are converted into these layouts by `vipaint convert-ldm`
+(docs/convert.md).
 """
 
 from __future__ import annotations
@@ -276,7 +277,10 @@ def load_components(path: str, *, local_files_only: bool | None = None,
             if src.exists(heads):   # per-module head counts a UNet2DModel config cannot express
                 apply_attention_heads(model, src.root / heads)   # (vipaint convert-ldm, lsun_churches256)
             denoiser = UNetDenoiser(model)
-        sched = diffusers.DDPMScheduler.from_pretrained(src.target, **sub_kw(sched_sub))
+        sched_cfg = src.json(f"{sched_sub}/scheduler_config.json" if sched_sub else "scheduler_config.json") or {}
+        sched_cls = (diffusers.FlowMatchEulerDiscreteScheduler  # rectified flow (docs/algorithm.md §11.2)
+                     if sched_cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler" else diffusers.DDPMScheduler)
+        sched = sched_cls.from_pretrained(src.target, **sub_kw(sched_sub))
         codec: nn.Module | None = None
         codec_kind, vq_scale = "identity", None
         if codec_spec is not None:
