@@ -55,7 +55,8 @@ def save_sd(root: Path, prediction_type: str = "epsilon") -> None:
         norm_num_groups=4, cross_attention_dim=WIDTH, attention_head_dim=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                    clip_sample=False, set_alpha_to_one=False, prediction_type=prediction_type)
+                                    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                    prediction_type=prediction_type)
     pipe = diffusers.StableDiffusionPipeline(vae=tiny_vae(), text_encoder=tiny_clip(4), tokenizer=tiny_tokenizer(),
                                              unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None,
                                              requires_safety_checker=False)

@@ -1,0 +1,121 @@
+"""Text-conditioned Stable Diffusion priors (docs/algorithm.md §1): tiny SD1 (ε), SD2 (v) and SD3 (flow)
+pipelines saved by diffusers and reloaded through `DiffusersPrior(path)`; the text context against diffusers'
+own `encode_prompt`; the prompt cache; classifier-free guidance with the negative prompt; every method end to
+end with a prompt, finite and batch-independent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sd_folders import SD_SPEC, WIDTH
+
+import vipaint
+from vipaint.operators import Inpainting
+from vipaint.priors import DiffusersPrior
+from vipaint.seeding import ImageRNG
+
+pytest_plugins = ["sd_folders"]
+diffusers = pytest.importorskip("diffusers")
+
+VP = ("sd1", "sd2v")
+FAST = {"vipaint": dict(iterations=2, n_mc=1, refine_steps=2, refine_guidance=2.0, fit_guidance=1.5),
+        "dps": dict(n_steps=3, guidance_scale=2.0), "psld": dict(n_steps=3, guidance_scale=2.0),
+        "reddiff": dict(n_steps=3, guidance_scale=2.0), "ddnm": dict(n_steps=3, guidance_scale=2.0),
+        "prior": dict(n_steps=3, guidance_scale=2.0)}
+PIXEL_ONLY = {"repaint": dict(t_T=4, jump_length=2, jump_n_sample=2), "copaint": dict(n_steps=3)}
+
+
+@pytest.fixture(scope="module")
+def sd_priors(sd_folders) -> dict[str, DiffusersPrior]:
+    return {name: DiffusersPrior(sd_folders[name]) for name in VP}
+
+
+@pytest.mark.parametrize("name", VP)
+def test_sd_pipeline_loads_with_its_text_encoder(sd_priors, name):
+    prior = sd_priors[name]
+    latent, image, pred = SD_SPEC[name]
+    assert prior.is_text_conditioned and prior.text_encoder.kind == "clip" and prior.num_classes is None
+    assert prior.denoiser_class == "UNet2DConditionModel" and prior.prediction_type == pred
+    assert prior.latent_shape == latent and prior.image_shape == image
+    assert prior.scaling_factor == pytest.approx(0.18215) and prior.shift_factor == 0.0
+    # the text encoders stay outside the module tree: not in the state dict, not moved by .to()
+    assert not any(k.startswith("text") for k in prior.state_dict())
+
+
+def test_context_matches_diffusers_encode_prompt(sd_folders, sd_priors):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folders["sd1"], safety_checker=None)
+    pos, neg = pipe.encode_prompt(["a red cat", "a dog"], "cpu", 1, True, negative_prompt=["blurry", "dark"])
+    hidden, pooled = sd_priors["sd1"].text_encoder.encode(["a red cat", "a dog", "blurry", "dark"])
+    assert pooled is None and hidden.shape == (4, 8, WIDTH)
+    torch.testing.assert_close(hidden, torch.cat([pos, neg]), atol=1e-6, rtol=1e-6)
+
+
+def test_each_prompt_encoded_once_and_ids_per_pair(sd_folders):
+    prior = DiffusersPrior(sd_folders["sd1"])
+    calls = []
+    encode = prior.text_encoder.encode
+    prior.text_encoder.encode = lambda p, device="cpu": calls.append(list(p)) or encode(p, device)
+    ids = prior.prompt_ids(["a cat", "a dog", "a cat"], "blurry")
+    assert ids.tolist() == [0, 1, 0] and calls == [["a cat", "a dog", "blurry", ""]]
+    again = prior.prompt_ids(["a dog", "a cow"], ["blurry", ""])
+    assert again.tolist() == [1, 2] and calls[1:] == [["a cow"]]
+
+
+@pytest.mark.parametrize("name", VP)
+def test_guidance_uses_the_negative_prompt(sd_priors, name):
+    prior = sd_priors[name]
+    ids = prior.prompt_ids(["a cat", "a dog"], ["blurry", "dark"])
+    z, t = torch.randn(3, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor(400)
+    with torch.no_grad():
+        e_c, e_u, e_g = (prior.eps(z, t, ids, g) for g in (1.0, 0.0, 4.0))
+        neg_only = prior.eps(z, t, prior.prompt_ids(["blurry", "dark"]), 1.0)
+        empty = prior.eps(z, t, None)
+    torch.testing.assert_close(e_u, neg_only)
+    torch.testing.assert_close(e_g, e_u + 4.0 * (e_c - e_u), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(e_c, e_u) and not torch.allclose(e_c, empty)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VP)
+@pytest.mark.parametrize("method", list(FAST))
+def test_every_method_with_a_prompt_is_finite_and_batch_independent(sd_priors, name, method):
+    prior = sd_priors[name]
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, *prior.image_shape, generator=g) * 2 - 1
+    mask = torch.ones(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 0
+    op = Inpainting(mask, sigma_y=0.05)
+    y = op.observe(x, ImageRNG(0, [0, 1], "observation"))
+    cond = prior.prompt_ids(["a red cat", "a dog"], "blurry")
+    both = vipaint.solve(method, prior, op, y, n_samples=2, seed=3, indices=[0, 1], cond=cond, **FAST[method])
+    alone = vipaint.solve(method, prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
+                          indices=[1], cond=cond[1:], **FAST[method])
+    assert both.shape == (2, 2) + prior.image_shape and torch.isfinite(both).all()
+    torch.testing.assert_close(both[:, 1:], alone, atol=1e-4, rtol=1e-4)
+    other = vipaint.solve(method, prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
+                          indices=[1], cond=prior.prompt_ids(["a blue cow"], "blurry"), **FAST[method])
+    assert not torch.allclose(alone, other), "the prompt does not reach the method"
+
+
+@pytest.mark.parametrize("method", list(PIXEL_ONLY))
+def test_pixel_space_peers_refuse_a_latent_sd_prior(sd_priors, method):
+    """RePaint and CoPaint replace pixels at every step: defined for pixel priors only, they say so."""
+    prior = sd_priors["sd1"]
+    mask = torch.ones(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 0
+    y = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="pixel prior"):
+        vipaint.solve(method, prior, Inpainting(mask), y, n_samples=1, cond=prior.prompt_ids(["a cat"]),
+                      **PIXEL_ONLY[method])
+
+
+def test_prompt_on_a_prior_without_text_is_refused(tmp_path):
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                          block_out_channels=(8, 16), norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+                          up_block_types=("UpBlock2D",) * 2).save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler().save_pretrained(tmp_path / "scheduler")
+    prior = DiffusersPrior(str(tmp_path))
+    assert not prior.is_text_conditioned
+    with pytest.raises(ValueError, match="not text-conditioned"):
+        prior.prompt_ids(["a cat"])
