@@ -17,7 +17,7 @@ from vipaint.seeding import ImageRNG
 pytest_plugins = ["sd_folders"]
 diffusers = pytest.importorskip("diffusers")
 
-VP = ("sd1", "sd2v")
+NAMES = ("sd1", "sd2v", "sd3")
 FAST = {"vipaint": dict(iterations=2, n_mc=1, refine_steps=2, refine_guidance=2.0, fit_guidance=1.5),
         "dps": dict(n_steps=3, guidance_scale=2.0), "psld": dict(n_steps=3, guidance_scale=2.0),
         "reddiff": dict(n_steps=3, guidance_scale=2.0), "ddnm": dict(n_steps=3, guidance_scale=2.0),
@@ -27,17 +27,20 @@ PIXEL_ONLY = {"repaint": dict(t_T=4, jump_length=2, jump_n_sample=2), "copaint":
 
 @pytest.fixture(scope="module")
 def sd_priors(sd_folders) -> dict[str, DiffusersPrior]:
-    return {name: DiffusersPrior(sd_folders[name]) for name in VP}
+    return {name: DiffusersPrior(sd_folders[name]) for name in NAMES}
 
 
-@pytest.mark.parametrize("name", VP)
+@pytest.mark.parametrize("name", NAMES)
 def test_sd_pipeline_loads_with_its_text_encoder(sd_priors, name):
     prior = sd_priors[name]
     latent, image, pred = SD_SPEC[name]
-    assert prior.is_text_conditioned and prior.text_encoder.kind == "clip" and prior.num_classes is None
-    assert prior.denoiser_class == "UNet2DConditionModel" and prior.prediction_type == pred
+    sd3 = name == "sd3"
+    assert prior.is_text_conditioned and prior.num_classes is None and prior.prediction_type == pred
+    assert prior.text_encoder.kind == ("sd3" if sd3 else "clip") and prior.noise_path == ("flow" if sd3 else "vp")
+    assert prior.denoiser_class == ("SD3Transformer2DModel" if sd3 else "UNet2DConditionModel")
     assert prior.latent_shape == latent and prior.image_shape == image
-    assert prior.scaling_factor == pytest.approx(0.18215) and prior.shift_factor == 0.0
+    assert (prior.scaling_factor, prior.shift_factor) == ((1.5305, 0.0609) if sd3 else (0.18215, 0.0))
+    assert not sd3 or not prior.text_encoder.has_t5
     # the text encoders stay outside the module tree: not in the state dict, not moved by .to()
     assert not any(k.startswith("text") for k in prior.state_dict())
 
@@ -48,6 +51,18 @@ def test_context_matches_diffusers_encode_prompt(sd_folders, sd_priors):
     hidden, pooled = sd_priors["sd1"].text_encoder.encode(["a red cat", "a dog", "blurry", "dark"])
     assert pooled is None and hidden.shape == (4, 8, WIDTH)
     torch.testing.assert_close(hidden, torch.cat([pos, neg]), atol=1e-6, rtol=1e-6)
+
+
+def test_sd3_context_matches_diffusers_encode_prompt(sd_folders, sd_priors):
+    """CLIP-L + CLIP-G penultimate states, zero-padded to T5's width, then T5's zeros (T5 dropped); pooled
+    projections concatenated."""
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(sd_folders["sd3"], text_encoder_3=None, tokenizer_3=None)
+    pos, neg, pos_pool, neg_pool = pipe.encode_prompt(["a red cat"], None, None, device="cpu",
+                                                      negative_prompt=["blurry"])
+    hidden, pooled = sd_priors["sd3"].text_encoder.encode(["a red cat", "blurry"])
+    assert hidden.shape == (2, 8 + 256, 32) and pooled.shape == (2, 32)
+    torch.testing.assert_close(hidden, torch.cat([pos, neg]), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(pooled, torch.cat([pos_pool, neg_pool]), atol=1e-6, rtol=1e-6)
 
 
 def test_each_prompt_encoded_once_and_ids_per_pair(sd_folders):
@@ -61,7 +76,7 @@ def test_each_prompt_encoded_once_and_ids_per_pair(sd_folders):
     assert again.tolist() == [1, 2] and calls[1:] == [["a cow"]]
 
 
-@pytest.mark.parametrize("name", VP)
+@pytest.mark.parametrize("name", NAMES)
 def test_guidance_uses_the_negative_prompt(sd_priors, name):
     prior = sd_priors[name]
     ids = prior.prompt_ids(["a cat", "a dog"], ["blurry", "dark"])
@@ -76,7 +91,7 @@ def test_guidance_uses_the_negative_prompt(sd_priors, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", VP)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("method", list(FAST))
 def test_every_method_with_a_prompt_is_finite_and_batch_independent(sd_priors, name, method):
     prior = sd_priors[name]

@@ -1,7 +1,8 @@
 """Analytic priors with exact scores (docs/algorithm.md §8): a Gaussian mixture Σ_j w_j N(m_j, Σ_j) over
 small images. The VP marginals p(z_t) = Σ_j w_j N(α_t m_j, α_t² Σ_j + σ_t² I) are closed form, so the
 exact ε*(z_t, t) = −σ_t ∇ log p(z_t) serves as a drop-in prior, and linear-Gaussian observations have an
-exact mixture posterior."""
+exact mixture posterior. On a rectified-flow path (`noise_path="flow"`, docs/algorithm.md §11) the same formulas
+run on the VP-equivalent schedule ᾱ', which makes ε* exact for that path too (ε is shared by both coordinates)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from vipaint.operators import LinearOperator, operator_matrix
 from vipaint.priors.base import Prior
+from vipaint.priors.paths import cap_flow_sigmas, flow_sigmas
 from vipaint.priors.schedules import make_alphas_cumprod
 
 __all__ = ["GaussianMixturePrior", "GaussianPrior", "SyntheticMixturePrior", "GaussianMixture",
@@ -75,11 +77,16 @@ class GaussianMixturePrior(Prior):
         covs: [J, D, D] component covariances.
         image_shape: (C, H, W); inferred from 4-D means.
         num_timesteps, beta_schedule, beta_start, beta_end: the VP schedule (docs/algorithm.md §1).
+        noise_path: "vp" (the schedule above) or "flow": rectified flow x_t = (1−σ_t) x0 + σ_t ε on the grid of
+            diffusers' `FlowMatchEulerDiscreteScheduler` with `shift` (capped at the noisy end), stored as its
+            VP-equivalent ᾱ' (docs/algorithm.md §11.1–§11.2); the beta options are then unused.
+        shift: the flow grid's shift (flow only).
     """
 
     def __init__(self, weights: Tensor, means: Tensor, covs: Tensor, *,
                  image_shape: tuple[int, int, int] | None = None, num_timesteps: int = 1000,
-                 beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+                 beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
+                 noise_path: str = "vp", shift: float = 1.0) -> None:
         super().__init__()
         weights, means, covs = (torch.as_tensor(v, dtype=torch.float64) for v in (weights, means, covs))
         if image_shape is None:
@@ -104,8 +111,14 @@ class GaussianMixturePrior(Prior):
         self.register_buffer("covs", covs)
         self.register_buffer("evals", evals)
         self.register_buffer("evecs", evecs)
-        self.register_buffer("alphas_cumprod", make_alphas_cumprod(num_timesteps, beta_schedule,
-                                                                   beta_start, beta_end))
+        if noise_path == "flow":
+            sig = cap_flow_sigmas(flow_sigmas(num_timesteps, shift))
+            self.set_path("flow", 1.0 - sig, sig, sig * num_timesteps)
+        elif noise_path == "vp":
+            self.register_buffer("alphas_cumprod", make_alphas_cumprod(num_timesteps, beta_schedule,
+                                                                       beta_start, beta_end))
+        else:
+            raise ValueError(f"unknown noise_path {noise_path!r}; use 'vp' or 'flow'")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -191,6 +204,7 @@ class SyntheticMixturePrior(GaussianMixturePrior):
         length_scale, variance: covariance kernel over the pixel grid.
         separation: scale of the component means (larger: better separated modes).
         seed: seeds the means.
+        noise_path, shift: the Gaussian path ("vp" or "flow"), as for `GaussianMixturePrior`.
         shared_fraction: the components' means agree on the left `shared_fraction` of the columns, so
             an observation of that part alone leaves the mode ambiguous (0: all means differ everywhere).
     """
@@ -198,8 +212,8 @@ class SyntheticMixturePrior(GaussianMixturePrior):
     def __init__(self, *, image_shape: tuple[int, int, int] = (1, 8, 8), n_components: int = 3,
                  length_scale: float = 2.0, variance: float = 0.1, separation: float = 0.6, seed: int = 0,
                  shared_fraction: float = 0.0, num_timesteps: int = 1000, beta_schedule: str = "linear",
-                 beta_start: float = 1e-4,
-                 beta_end: float = 0.02) -> None:
+                 beta_start: float = 1e-4, beta_end: float = 0.02, noise_path: str = "vp",
+                 shift: float = 1.0) -> None:
         g = torch.Generator().manual_seed(seed)
         cov = smooth_covariance(image_shape, length_scale=length_scale, variance=variance)
         chol = torch.linalg.cholesky(smooth_covariance(image_shape, length_scale=1.5 * length_scale,
@@ -214,4 +228,4 @@ class SyntheticMixturePrior(GaussianMixturePrior):
         means = means.reshape(n_components, -1)
         super().__init__(torch.ones(n_components), means.clamp(-1, 1), cov[None].repeat(n_components, 1, 1),
                          image_shape=image_shape, num_timesteps=num_timesteps, beta_schedule=beta_schedule,
-                         beta_start=beta_start, beta_end=beta_end)
+                         beta_start=beta_start, beta_end=beta_end, noise_path=noise_path, shift=shift)

@@ -1,6 +1,11 @@
 """The prior interface every method talks to: a frozen ε-prediction network on latents z, its ᾱ
 schedule, and a codec between latents and pixel images (identity for pixel priors).
 
+Gaussian paths (docs/algorithm.md §11): a prior on any path x_t = α_t x0 + σ_t ε (`noise_path` "vp" or "flow")
+stores the VP-equivalent ᾱ'_t = α_t²/(α_t²+σ_t²) as `alphas_cumprod` and works in VP coordinates
+z_t = x_t/√(α_t²+σ_t²), so every method runs unchanged; `path_alpha`, `path_sigma`, `model_time`, `sigma_of`
+and `time_of_sigma` expose the path itself.
+
 `eps`, `encode` and `decode` take any number of leading dimensions ([N, ...], [S, B, ...], ...): the base
 class flattens them into one batch, makes ONE call of the subclass's flat method (`eps_flat`,
 `encode_flat`, `decode_flat`) and restores them."""
@@ -12,6 +17,8 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
+
+from vipaint.priors.paths import PATHS, eps_x0_from_output, path_scale, rf_noise_level, vp_equivalent_abar
 
 __all__ = ["Prior"]
 
@@ -27,9 +34,86 @@ class Prior(nn.Module, ABC):
     """
 
     alphas_cumprod: Tensor
+    #: "vp" (α = √ᾱ, σ = √(1−ᾱ)) or "flow" (rectified flow α = 1 − σ); set by `set_path`
+    noise_path: str = "vp"
 
     def __init__(self) -> None:
         super().__init__()
+
+    # -- Gaussian path (docs/algorithm.md §11) ---------------------------------------------------
+    def set_path(self, noise_path: str, alphas: Tensor, sigmas: Tensor, model_times: Tensor | None = None) -> None:
+        """Put the prior on the path x_t = α_t x0 + σ_t ε (docs/algorithm.md §11.1): registers float64 buffers
+        `path_alphas`, `path_sigmas`, the network's timestep values `model_times` (default: the indices t) and
+        `alphas_cumprod` = the VP-equivalent ᾱ' = α²/(α²+σ²), which must lie in (0, 1]."""
+        if noise_path not in PATHS:
+            raise ValueError(f"unknown noise path {noise_path!r}; use one of {PATHS}")
+        alphas, sigmas = alphas.double().clone(), sigmas.double().clone()
+        abar = vp_equivalent_abar(alphas, sigmas)
+        if not bool(((abar > 0) & (abar <= 1)).all()):
+            raise ValueError("every VP-equivalent ᾱ' = α²/(α²+σ²) must lie in (0, 1]; cap σ at the noisy end "
+                             "(vipaint.priors.paths.cap_flow_sigmas)")
+        if model_times is None:
+            model_times = torch.arange(len(alphas), dtype=torch.float64)
+        self.noise_path = noise_path
+        old = self._buffers.get("alphas_cumprod")
+        device = old.device if old is not None else alphas.device
+        for name, value in (("path_alphas", alphas), ("path_sigmas", sigmas),
+                            ("model_times", model_times.double().clone()), ("alphas_cumprod", abar)):
+            self.register_buffer(name, value.to(device))
+
+    def _has_path(self) -> bool:
+        return "path_alphas" in self._buffers
+
+    def path_alpha(self, t: Tensor | int) -> Tensor:
+        """α_t of the prior's path (VP: √ᾱ_t), float32, shaped like `t`."""
+        t = torch.as_tensor(t, device=self.alphas_cumprod.device, dtype=torch.long)
+        if self._has_path():
+            return self.path_alphas[t].float()
+        return self.alphas_cumprod[t].sqrt().float()
+
+    def path_sigma(self, t: Tensor | int) -> Tensor:
+        """σ_t of the prior's path (VP: √(1−ᾱ_t)), float32, shaped like `t`."""
+        t = torch.as_tensor(t, device=self.alphas_cumprod.device, dtype=torch.long)
+        if self._has_path():
+            return self.path_sigmas[t].float()
+        return (1 - self.alphas_cumprod[t]).sqrt().float()
+
+    def model_time(self, t: Tensor | int) -> Tensor:
+        """The timestep value fed to the network at index t: t itself on a VP prior, σ_t·N on a diffusers
+        flow prior (as diffusers' SD3 pipeline feeds it); long without path buffers, float32 with them."""
+        t = torch.as_tensor(t, device=self.alphas_cumprod.device, dtype=torch.long)
+        if self._has_path():
+            return self.model_times[t].float()
+        return t
+
+    def network_input(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, model time) for VP coordinates z [N, ...] at indices t [N] (docs/algorithm.md §11.1): the path state
+        x = √(α_t²+σ_t²)·z and `model_time(t)`; (z, t) on a prior without path buffers."""
+        if not self._has_path():
+            return z, t
+        a, s = self.path_alpha(t).to(z), self.path_sigma(t).to(z)
+        return z * _bc(path_scale(a, s), z), self.model_time(t)
+
+    def eps_from_network(self, out: Tensor, x: Tensor, t: Tensor, prediction_type: str) -> Tensor:
+        """ε from a raw network output [N, C, ...] at the path state x = `network_input(z, t)[0]`
+        (docs/algorithm.md §11.3); ε is the same in path and VP coordinates."""
+        a, s = self.path_alpha(t).to(x), self.path_sigma(t).to(x)
+        return eps_x0_from_output(out, x, _bc(a, x), _bc(s, x), prediction_type)[0]
+
+    def sigma_of(self, t: Tensor | int) -> Tensor:
+        """The path-invariant noise level of time t, σ_t/(α_t+σ_t) ∈ [0, 1] (docs/algorithm.md §11.4): the
+        rectified-flow σ of the same signal-to-noise ratio, equal to the path σ on a flow prior. float64."""
+        t = torch.as_tensor(t, device=self.alphas_cumprod.device, dtype=torch.long)
+        ab = self.alphas_cumprod[t]
+        return rf_noise_level(ab.sqrt(), (1 - ab).sqrt())
+
+    def time_of_sigma(self, sigma: float) -> int:
+        """The time index whose `sigma_of` is nearest to the noise level `sigma` ∈ [0, 1] (docs/algorithm.md
+        §11.4); ties go to the earliest time."""
+        if not 0.0 <= float(sigma) <= 1.0:
+            raise ValueError(f"a noise level σ/(α+σ) lies in [0, 1], got {sigma}")
+        levels = self.sigma_of(torch.arange(self.num_timesteps, device=self.alphas_cumprod.device))
+        return int((levels - float(sigma)).abs().argmin())
 
     # -- schedule --------------------------------------------------------------------------------
     @property
@@ -116,7 +200,12 @@ class Prior(nn.Module, ABC):
         return tuple(x.shape[:x.dim() - event_dims])
 
     def extra_repr(self) -> str:
-        return f"T={self.num_timesteps}, latent_shape={self.latent_shape}, image_shape={self.image_shape}"
+        return (f"T={self.num_timesteps}, path={self.noise_path}, latent_shape={self.latent_shape}, "
+                f"image_shape={self.image_shape}")
+
+
+def _bc(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
 
 
 def _flat_times(t: Tensor | int, lead: tuple[int, ...], device: torch.device) -> Tensor:

@@ -51,8 +51,9 @@ CLASS_EMBEDDER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 #: (diffusers remaps it to `DiTTransformer2DModel` when `norm_type == "ada_norm_zero"`).
 DENOISER_CLASSES = {"UNet2DModel": "unet", "UNet2DConditionModel": "unet_cond",
                     "DiTTransformer2DModel": "dit", "Transformer2DModel": "dit", "SD3Transformer2DModel": "sd3"}
-#: scheduler `prediction_type`s whose output `eps_from_output` converts to ε
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: `prediction_type`s a prior converts to ε: `eps_from_output` on VP schedules, and on any Gaussian path
+#: `vipaint.priors.paths.eps_x0_from_output` ("flow_prediction": a rectified-flow velocity, docs/algorithm.md §11.3)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
 
 
 class ClassEmbedder(nn.Module):
@@ -114,7 +115,8 @@ class ClassEmbedder(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """`forward(z [N,C,h,w], t [N] long, labels [N] long or None) -> raw network output [N, C or 2C, h, w]`.
+    """`forward(z [N,C,h,w], t [N], labels [N] long or None) -> raw network output [N, C or 2C, h, w]`; t holds
+    the network's timestep values (`Prior.model_time`: long indices on VP, float σ·N on rectified flow).
 
     `num_classes` is the number of real classes (the null label is `num_classes`) where the model carries
     that convention, else None; `needs_labels` says whether a label must always be passed (the prior

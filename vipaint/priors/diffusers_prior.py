@@ -37,6 +37,7 @@ from vipaint.priors.denoisers import (
     wrap_denoiser,
 )
 from vipaint.priors.loading import PriorNotFoundError, import_diffusers, load_components
+from vipaint.priors.paths import flow_schedule
 from vipaint.priors.prompts import PromptTable, text_guided_eps
 from vipaint.priors.runtime import Runtime, check_autocast
 
@@ -76,6 +77,9 @@ class DiffusersPrior(Prior):
         compile: wrap the denoiser in `torch.compile` (called through the wrapper; weights shared).
         download_hint: extra text appended to the error raised when the weights are missing (e.g. how
             to convert a CompVis checkpoint).
+        flow_shift: for a `FlowMatchEulerDiscreteScheduler` (rectified flow, docs/algorithm.md §11.2): the fixed
+            shift of the noise grid, overriding the config's `shift`; required when the config uses dynamic
+            shifting. Ignored by VP schedulers.
         text_device: Stable Diffusion pipelines: where the text encoders run ("cpu", or None: the prior's
             device at the first prompt). Each distinct prompt is encoded once (`prompt_ids`).
         text_dtype: the text encoders' weight dtype (None: as stored; "bfloat16"/"float16" on GPU).
@@ -93,8 +97,8 @@ class DiffusersPrior(Prior):
                  scaling_factor: float | None = None, autocast: str | None = None, force_autocast: bool = False,
                  gradient_checkpointing: bool = False, denoiser_checkpointing: bool = False,
                  decode_chunk: int | None = None, channels_last: bool = False, compile: bool = False,
-                 download_hint: str | None = None, text_device: str | None = None, text_dtype: str | None = None,
-                 drop_t5: bool = False, max_sequence_length: int = 256) -> None:
+                 download_hint: str | None = None, flow_shift: float | None = None, text_device: str | None = None,
+                 text_dtype: str | None = None, drop_t5: bool = False, max_sequence_length: int = 256) -> None:
         super().__init__()
         import_diffusers()  # deferred: a ~3 s import
         check_autocast(autocast)
@@ -111,7 +115,7 @@ class DiffusersPrior(Prior):
                     vq_force_not_quantize=vq_force_not_quantize, dtype=dtype, scaling_factor=scaling_factor,
                     autocast=autocast, force_autocast=force_autocast, gradient_checkpointing=gradient_checkpointing,
                     denoiser_checkpointing=denoiser_checkpointing, decode_chunk=decode_chunk,
-                    channels_last=channels_last, compile=compile, text_encoder=parts.text)
+                    channels_last=channels_last, compile=compile, flow_shift=flow_shift, text_encoder=parts.text)
 
     @classmethod
     def from_models(cls, denoiser: nn.Module, scheduler, codec: nn.Module | None = None, *,
@@ -119,8 +123,8 @@ class DiffusersPrior(Prior):
         """A prior from in-memory diffusers models (no files): `denoiser` a UNet2DModel,
         UNet2DConditionModel (with `class_embedder`, or with `text_encoder=` a `vipaint.priors.text.TextEncoder`
         in `options`), DiTTransformer2DModel or SD3Transformer2DModel, `scheduler` any diffusers VP scheduler
-        (its `alphas_cumprod` and `prediction_type` are read), `codec` an AutoencoderKL or VQModel. `options`
-        are the constructor's keyword options (num_classes, autocast, ...)."""
+        (its `alphas_cumprod` and `prediction_type` are read) or a `FlowMatchEulerDiscreteScheduler`, `codec` an
+        AutoencoderKL or VQModel. `options` are the constructor's keyword options (num_classes, autocast, ...)."""
         wrapped = wrap_denoiser(denoiser, class_embedder, text=options.get("text_encoder") is not None)
         if codec is not None and type(codec).__name__ not in CODEC_CLASSES:
             raise ValueError(f"unsupported codec class {type(codec).__name__!r}; supported: {sorted(CODEC_CLASSES)}")
@@ -136,7 +140,7 @@ class DiffusersPrior(Prior):
                vq_force_not_quantize: bool = False, dtype: str = "float32", scaling_factor: float | None = None,
                autocast: str | None = None, force_autocast: bool = False, gradient_checkpointing: bool = False,
                denoiser_checkpointing: bool = False, decode_chunk: int | None = None, channels_last: bool = False,
-               compile: bool = False, text_encoder=None) -> None:
+               compile: bool = False, flow_shift: float | None = None, text_encoder=None) -> None:
         check_autocast(autocast)
         check_decode_chunk(decode_chunk)
         torch_dtype = getattr(torch, dtype)
@@ -146,7 +150,8 @@ class DiffusersPrior(Prior):
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.codec = codec.eval().requires_grad_(False) if codec is not None else None
         self.denoiser_class = type(denoiser.model).__name__
-        self.prediction_type = sched.config.prediction_type
+        flow = type(sched).__name__ == "FlowMatchEulerDiscreteScheduler"
+        self.prediction_type = "flow_prediction" if flow else sched.config.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
         self.num_classes = resolve_num_classes(denoiser, num_classes, self.path)
@@ -159,7 +164,10 @@ class DiffusersPrior(Prior):
             self.scaling_factor, self.shift_factor = 1.0, 0.0
         else:
             self.scaling_factor, self.shift_factor = latent_scales(codec, self.codec_kind, scaling_factor)
-        self.register_buffer("alphas_cumprod", sched.alphas_cumprod.double().clone())
+        if flow:   # rectified flow: VP-equivalent ᾱ' in `alphas_cumprod` (docs/algorithm.md §11.1)
+            self.set_path("flow", *flow_schedule(dict(sched.config), flow_shift))
+        else:
+            self.register_buffer("alphas_cumprod", sched.alphas_cumprod.double().clone())
 
         s = denoiser.sample_size
         self._latent_shape = (int(denoiser.in_channels), int(s[0]), int(s[1]))
@@ -242,9 +250,12 @@ class DiffusersPrior(Prior):
         net = self._compiled if self._compiled is not None else self.denoiser
         if labels is None and self.denoiser.needs_labels:
             labels = torch.full((z.shape[0],), int(self.num_classes), device=z.device, dtype=torch.long)
+        x, tm = self.network_input(z, t)    # (z, t) on VP; the path state and σ·N on flow (§11.1)
         with self.runtime.amp(z.device):
-            out = net(self.runtime.fmt(z.to(dt)), t, labels)
-        return eps_from_output(out.to(z.dtype), z, t, self.alphas_cumprod, self.prediction_type)
+            out = net(self.runtime.fmt(x.to(dt)), tm, labels).to(z.dtype)
+        if self.noise_path == "vp":
+            return eps_from_output(out, z, t, self.alphas_cumprod, self.prediction_type)
+        return self.eps_from_network(out[:, :z.shape[1]], x, t, self.prediction_type)
 
     def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         """ε_θ(z, t, c). Class-conditional priors: ε_c for g = 1; classifier-free guidance

@@ -10,12 +10,13 @@ Folder layouts (diffusers `save_pretrained` of a pipeline; the first that matche
 2. no index: `unet/` (class from its config's `_class_name`) or `transformer/` (DiT); codec `vae/`
    (class from its config, default AutoencoderKL) or `vqvae/` (VQModel).
 3. a bare model: `config.json` (class from `_class_name`) + `scheduler_config.json` at the root.
-Always `scheduler/` (any VP scheduler config: DDPM, DDIM, PNDM, ...), and for `UNet2DConditionModel` either a
-`class_embedder/` folder (see `vipaint.priors.denoisers`) or, for Stable Diffusion 1.x/2.x pipelines,
-`text_encoder/` + `tokenizer/`; SD3/3.5 pipelines (`SD3Transformer2DModel`) bring two or three text encoders
-and a flow-matching scheduler (`vipaint.priors.text`). A UNet2DModel folder's `attention_heads.json`
-(written by `vipaint convert-ldm` for lsun_churches256) is applied on load (`apply_attention_heads`).
-CompVis checkpoints are converted into these layouts by `vipaint convert-ldm` (docs/convert.md).
+Always `scheduler/` (any VP scheduler config: DDPM, DDIM, PNDM, ...; or `FlowMatchEulerDiscreteScheduler`), and
+for `UNet2DConditionModel` either a `class_embedder/` folder (see `vipaint.priors.denoisers`) or, for Stable
+Diffusion 1.x/2.x pipelines, `text_encoder/` + `tokenizer/`; SD3/3.5 pipelines (`SD3Transformer2DModel`) bring
+two or three text encoders (`vipaint.priors.text`) and a flow-matching scheduler. A UNet2DModel folder's
+`attention_heads.json` (written by `vipaint convert-ldm` for lsun_churches256) is applied on load
+(`apply_attention_heads`). CompVis checkpoints are converted into these layouts by `vipaint convert-ldm`
+(docs/convert.md).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from vipaint.priors.denoisers import (
 )
 
 __all__ = ["PriorNotFoundError", "PriorDamagedError", "LoadedComponents", "load_components", "apply_attention_heads",
-           "import_diffusers", "ATTENTION_HEADS_FILE", "FLOW_SCHEDULERS", "FlowPathUnavailableError"]
+           "import_diffusers", "ATTENTION_HEADS_FILE"]
 
 #: per-module attention head counts a UNet2DModel config cannot express (`vipaint convert-ldm`)
 ATTENTION_HEADS_FILE = "attention_heads.json"
@@ -298,7 +299,10 @@ def load_components(path: str, *, local_files_only: bool | None = None, download
             if src.exists(heads):   # per-module head counts a UNet2DModel config cannot express
                 apply_attention_heads(model, src.root / heads)   # (vipaint convert-ldm, lsun_churches256)
             denoiser = UNetDenoiser(model)
-        sched = _scheduler(diffusers, src, sched_sub, sub_kw(sched_sub))
+        sched_cfg = src.json(f"{sched_sub}/scheduler_config.json" if sched_sub else "scheduler_config.json") or {}
+        sched_cls = (diffusers.FlowMatchEulerDiscreteScheduler  # rectified flow (docs/algorithm.md §11.2)
+                     if sched_cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler" else diffusers.DDPMScheduler)
+        sched = sched_cls.from_pretrained(src.target, **sub_kw(sched_sub))
         codec: nn.Module | None = None
         codec_kind, vq_scale = "identity", None
         if codec_spec is not None:
@@ -321,22 +325,3 @@ def load_components(path: str, *, local_files_only: bool | None = None, download
             raise damaged from err
         raise _missing(path, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}", download_hint) from err
     return LoadedComponents(denoiser, sched, codec, codec_kind, vq_scale, text)
-
-
-#: scheduler classes on a rectified-flow path (x_t = (1 − σ) x0 + σ ε)
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
-
-
-class FlowPathUnavailableError(NotImplementedError):
-    """The prior's scheduler is a flow-matching one, and this build has no flow path."""
-
-
-def _scheduler(diffusers: Any, src: _Source, sub: str | None, kw: dict) -> Any:
-    """The prior's scheduler: any VP scheduler config is read as a DDPMScheduler (its betas → ᾱ);
-    a flow-matching config needs the flow path."""
-    cfg = src.json(f"{sub}/scheduler_config.json" if sub else "scheduler_config.json") or {}
-    if cfg.get("_class_name") in FLOW_SCHEDULERS:
-        raise FlowPathUnavailableError(
-            f"prior '{src.path}': its scheduler is {cfg['_class_name']} (a rectified-flow model such as SD3/3.5); "
-            "the flow path is not available in this build of vipaint, so it cannot be used as a prior yet")
-    return diffusers.DDPMScheduler.from_pretrained(src.target, **kw)
