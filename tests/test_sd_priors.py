@@ -134,3 +134,23 @@ def test_prompt_on_a_prior_without_text_is_refused(tmp_path):
     assert not prior.is_text_conditioned
     with pytest.raises(ValueError, match="not text-conditioned"):
         prior.prompt_ids(["a cat"])
+
+
+def test_fit_guidance_reaches_the_elbo_and_refine_guidance_the_refinement(sd_priors):
+    """VIPaint's two CFG scales act separately: `fit_guidance` changes the fit's objective trace,
+    `refine_guidance` leaves it alone and changes only the refined samples."""
+    prior = sd_priors["sd1"]
+    mask = torch.ones(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 0
+    op = Inpainting(mask, sigma_y=0.05)
+    y = op.observe(torch.zeros(1, 3, 16, 16), ImageRNG(0, [0], "observation"))
+    cond = prior.prompt_ids(["a red cat"], "blurry")
+
+    def run(fit: float, refine: float):
+        return vipaint.solve_full("vipaint", prior, op, y, n_samples=1, cond=cond, iterations=2, n_mc=1,
+                                  refine_steps=2, fit_guidance=fit, refine_guidance=refine)
+
+    base, fit3, ref3 = run(1.0, 1.0), run(3.0, 1.0), run(1.0, 3.0)
+    assert not torch.allclose(base.traces["objective"], fit3.traces["objective"])
+    torch.testing.assert_close(base.traces["objective"], ref3.traces["objective"])
+    assert not torch.allclose(base.samples, ref3.samples)
