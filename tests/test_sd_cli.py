@@ -123,3 +123,28 @@ def test_inpaint_with_an_uncached_sd_hub_id_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(PriorNotFoundError, match="hf download stabilityai/stable-diffusion-2-1-base"):
         main(["inpaint", str(src / "000.png"), str(src / "masks" / "000.png"), "--prior",
               "stabilityai/stable-diffusion-2-1-base", "--prompt", "a cat", "--out", str(tmp_path / "r.png")])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+@pytest.mark.parametrize("name,hub_id", [("sd2_inpaint", "stabilityai/stable-diffusion-2-1-base"),
+                                         ("sd35_inpaint", "stabilityai/stable-diffusion-3.5-medium")])
+def test_sd_experiments_without_weights_fail_fast_with_instructions(tmp_path, name, hub_id):
+    """Offline and without weights the SD experiments stop at the prior, before any data, saying what to
+    download (weights and the images + masks + prompts folder) and where to put it."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(root)}
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-m", "vipaint.cli", "predict", "--config",
+                           str(root / "experiments" / f"{name}.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "PriorNotFoundError" in err and f"hf download {hub_id}" in err and "--local-dir" in err
+    assert str(tmp_path / "hf" / "hub") in err and "metadata.jsonl" in err and "prompt" in err
+    assert not (tmp_path / "hf" / "datasets").exists()
