@@ -63,10 +63,24 @@ def save_sd(root: Path, prediction_type: str = "epsilon") -> None:
     pipe.save_pretrained(root)
 
 
-def save_sd3(root: Path) -> None:
-    """A StableDiffusion3Pipeline folder without T5: SD3Transformer2DModel on 4×8×8 latents, CLIP-L/G-like
-    encoders with projection (16 + 16 → pooled 32), joint_attention_dim 32, AutoencoderKL with a shift,
-    FlowMatchEulerDiscreteScheduler (shift 3)."""
+def tiny_t5_tokenizer():
+    """A T5 (unigram) tokenizer over single characters, with and without the word-start mark."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab += [(c, -1.0) for c in letters] + [("\u2581" + c, -1.5) for c in letters]
+    return transformers.T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def tiny_t5(seed: int = 9):
+    torch.manual_seed(seed)
+    cfg = transformers.T5Config(vocab_size=56, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    return transformers.T5EncoderModel(cfg).eval()
+
+
+def save_sd3(root: Path, t5: bool = False) -> None:
+    """A StableDiffusion3Pipeline folder, without T5 unless `t5`: SD3Transformer2DModel on 4×8×8 latents,
+    CLIP-L/G-like encoders with projection (16 + 16 → pooled 32), joint_attention_dim 32 (= the tiny T5's
+    width), AutoencoderKL with a shift, FlowMatchEulerDiscreteScheduler (shift 3)."""
     torch.manual_seed(6)
     tr = diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
@@ -76,7 +90,7 @@ def save_sd3(root: Path) -> None:
         transformer=tr, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
         text_encoder=tiny_clip(7, projection=True), tokenizer=tiny_tokenizer(),
         text_encoder_2=tiny_clip(8, projection=True), tokenizer_2=tiny_tokenizer(),
-        text_encoder_3=None, tokenizer_3=None)
+        text_encoder_3=tiny_t5() if t5 else None, tokenizer_3=tiny_t5_tokenizer() if t5 else None)
     pipe.save_pretrained(root)
 
 
@@ -89,3 +103,10 @@ def sd_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         fn(root)
         out[name] = str(root)
     return out
+
+
+@pytest.fixture(scope="session")
+def sd3_t5_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("sd3_t5")
+    save_sd3(root, t5=True)
+    return str(root)

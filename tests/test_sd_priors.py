@@ -76,6 +76,24 @@ def test_each_prompt_encoded_once_and_ids_per_pair(sd_folders):
     assert again.tolist() == [1, 2] and calls[1:] == [["a cow"]]
 
 
+def test_sd3_with_t5_matches_diffusers_and_drop_t5_gives_zeros(sd3_t5_folder):
+    """T5 loaded through from_pretrained joins the context after the CLIP states; `drop_t5` leaves it out
+    (zeros, as diffusers with text_encoder_3=None) and keeps the CLIP part and the pooled projections."""
+    full, dropped = DiffusersPrior(sd3_t5_folder, max_sequence_length=12), DiffusersPrior(sd3_t5_folder, drop_t5=True,
+                                                                                          max_sequence_length=12)
+    assert full.text_encoder.has_t5 and not dropped.text_encoder.has_t5
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(sd3_t5_folder)
+    pos, _, pool, _ = pipe.encode_prompt(["a red cat"], None, None, device="cpu", do_classifier_free_guidance=False,
+                                         max_sequence_length=12)
+    hidden, pooled = full.text_encoder.encode(["a red cat"])
+    torch.testing.assert_close(hidden, pos, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(pooled, pool, atol=1e-6, rtol=1e-6)
+    h0, p0 = dropped.text_encoder.encode(["a red cat"])
+    assert h0.shape == hidden.shape and (h0[:, 8:] == 0).all() and not (hidden[:, 8:] == 0).all()
+    torch.testing.assert_close(h0[:, :8], hidden[:, :8])
+    torch.testing.assert_close(p0, pooled)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_guidance_uses_the_negative_prompt(sd_priors, name):
     prior = sd_priors[name]
@@ -154,3 +172,15 @@ def test_fit_guidance_reaches_the_elbo_and_refine_guidance_the_refinement(sd_pri
     assert not torch.allclose(base.traces["objective"], fit3.traces["objective"])
     torch.testing.assert_close(base.traces["objective"], ref3.traces["objective"])
     assert not torch.allclose(base.samples, ref3.samples)
+
+
+def test_text_encoder_in_reduced_precision(sd_folders, sd_priors):
+    """`text_dtype` loads the text encoder in bfloat16 through from_pretrained; the cached context is
+    float32 and close to the float32 encoder's."""
+    low = DiffusersPrior(sd_folders["sd1"], text_dtype="bfloat16", text_device="cpu")
+    enc = low.text_encoder.encoders[0]
+    assert next(enc.parameters()).dtype == torch.bfloat16 and low.text_encoder.device == torch.device("cpu")
+    h_low, _ = low.text_encoder.encode(["a red cat"])
+    h_ref, _ = sd_priors["sd1"].text_encoder.encode(["a red cat"])
+    assert h_low.dtype == torch.float32
+    torch.testing.assert_close(h_low, h_ref, atol=0.1, rtol=0.05)
