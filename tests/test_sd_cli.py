@@ -148,3 +148,27 @@ def test_sd_experiments_without_weights_fail_fast_with_instructions(tmp_path, na
     assert "PriorNotFoundError" in err and f"hf download {hub_id}" in err and "--local-dir" in err
     assert str(tmp_path / "hf" / "hub") in err and "metadata.jsonl" in err and "prompt" in err
     assert not (tmp_path / "hf" / "datasets").exists()
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_a_resume_with_other_prompts_stops(tmp_path, tiny_pixel_prior):
+    """Prompts determine the results: a rerun into the same folder with another run prompt, or with a
+    changed metadata.jsonl prompt, stops instead of mixing results."""
+    from vipaint.writer import SettingsMismatchError
+
+    src = _folder(tmp_path / "imgs", ["a red cat", None])
+    out = tmp_path / "run"
+    cfg = _predict_config(tmp_path, tiny_pixel_prior, src, out)
+    text = yaml.safe_load(cfg.read_text())
+    text["model"].update(method="dps", method_options={"n_steps": 2})
+    text["data"].update(image_size=8, channels=1)
+    cfg.write_text(yaml.safe_dump(text))
+    main(["predict", "--config", str(cfg), "--data.prompt=a house"])
+    rec = json.loads((out / "metrics" / "000000.json").read_text())
+    assert rec["prompt"] == "a red cat" and rec["negative_prompt"] == "blurry"
+    with pytest.raises(SettingsMismatchError, match="prompt"):
+        main(["predict", "--config", str(cfg), "--data.prompt=a tree"])
+    meta = (src / "metadata.jsonl").read_text().replace("a red cat", "a blue cat")
+    (src / "metadata.jsonl").write_text(meta)
+    with pytest.raises(SettingsMismatchError, match="the prompt of dataset index 0"):
+        main(["predict", "--config", str(cfg), "--data.prompt=a house"])

@@ -133,12 +133,13 @@ class InverseProblemDataset(Dataset):
 
     def fingerprint(self, k: int) -> dict[str, str]:
         """Content hashes of item k's input files, {"image_sha256": ..., "mask_sha256": ...} (a generated
-        mask has none: the settings and the index determine it; a prior sample hashes its tensor)."""
+        mask has none: the settings and the index determine it; a prior sample hashes its tensor), and its
+        prompts where set ({"prompt": ..., "negative_prompt": ...}, non-empty ones only)."""
         i, g = k % self.n_images, k // self.n_images
         if self.table is None:
             return {"image_sha256": sha256_bytes(self.prior_samples[i].float().contiguous().numpy().tobytes())}
         row = self.table[i]
-        out = {"image_sha256": _cell_sha256(row["image"])}
+        out = {"image_sha256": _cell_sha256(row["image"]), **self._text(row)}
         if self.masks:
             gen = self.masks[g]
             if isinstance(gen, FileMask):
@@ -147,11 +148,17 @@ class InverseProblemDataset(Dataset):
             out["mask_sha256"] = _cell_sha256(row["mask"])
         return out
 
+    def _text(self, row: dict | None) -> dict[str, str]:
+        """The item's non-empty prompts: the row's columns where set, else the run's."""
+        text = dict(self.text)
+        text.update({c: str(row[c]) for c in TEXT_COLUMNS if row is not None and row.get(c) is not None})
+        return {c: v for c, v in text.items() if v}
+
     def __getitem__(self, k: int) -> dict:
         if k < 0 or k >= len(self):
             raise IndexError(k)
         i, g = k % self.n_images, k // self.n_images
-        label, path, text = -1, f"prior sample {i}", dict(self.text)
+        label, path, row = -1, f"prior sample {i}", None
         if self.table is None:
             x = self.prior_samples[i].float()
         else:
@@ -163,7 +170,6 @@ class InverseProblemDataset(Dataset):
                 if key in row and row[key] is not None:
                     label = int(row[key])
                     break
-            text.update({c: str(row[c]) for c in TEXT_COLUMNS if row.get(c) is not None})
         size = tuple(x.shape[-2:])
         if self.masks:
             gen = self.masks[g]
@@ -179,7 +185,7 @@ class InverseProblemDataset(Dataset):
             m = load_image(msrc, where=where, channels=1)
             m, name = check_mask(_same_geometry(m, native, box, size, where=where, image=path), where=where), "file"
         return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
-                "path": path, **text}
+                "path": path, **{c: "" for c in TEXT_COLUMNS}, **self._text(row)}
 
 
 def _cell_sha256(v: object) -> str:
