@@ -13,7 +13,7 @@ downloaded; the tokenizer is a local character vocabulary, so only the token *co
   24 heads × 64, dual attention in layers 0–12, RMS q/k norm, patch 2) on 16×128×128 latents; CLIP-L (12 × 768)
   + CLIP-G (32 × 1280) with projections, T5-XXL encoder (24 × 4096, unless `--drop-t5`); 16-channel
   `AutoencoderKL` with shift → 3×1024×1024; `FlowMatchEulerDiscreteScheduler` shift 3 (docs/algorithm.md §11).
-  Default CFG 1 (the journal version's).
+  Preset `sd35_official` (keypoints at σ 0.75 / 0.50, 249 refinement steps), CFG 1 (the journal version's).
 
 Stages, each timed (CUDA-synchronised) with its peak memory: `text` (encode prompt + negative prompt once,
 on `--text-device`), `fit` (VIPaint stage 1) and `refine` (drawing z from q, then stage 2).
@@ -50,8 +50,8 @@ from vipaint.priors.text import TextEncoder, import_transformers  # noqa: E402
 from vipaint.seeding import ImageRNG  # noqa: E402
 
 MODELS = ("sd2_base", "sd35_medium")
-SETTINGS = {"sd2_base": dict(keypoints=[550, 400], refine_guidance=3.0),
-            "sd35_medium": dict(keypoints=[500, 250], refine_guidance=1.0)}   # σ ≈ 0.75, 0.50 at shift 3
+SETTINGS = {"sd2_base": dict(keypoints=[550, 400], refine_guidance=3.0),          # default (principled) preset
+            "sd35_medium": dict(preset="sd35_official", refine_guidance=1.0)}   # docs/algorithm.md §11.5
 
 
 def char_tokenizer(max_length: int):
@@ -145,7 +145,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
     set_ = dict(SETTINGS[name])
     if args.guidance is not None:
         set_["refine_guidance"] = args.guidance
-    cfg = VIPaintConfig(iterations=args.iterations, refine_steps=args.refine_steps, n_mc=args.n_mc, **set_)
+    given = {k: getattr(args, k) for k in ("iterations", "refine_steps", "n_mc") if getattr(args, k) is not None}
+    cfg = VIPaintConfig(**{**set_, **given}).for_prior(prior)
     b, s = args.images, args.samples
     c, h, w = prior.image_shape
     x = (torch.rand(b, c, h, w, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
@@ -209,8 +210,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=1)
     p.add_argument("--samples", type=int, default=None, help="refined samples per observation (default 4)")
     p.add_argument("--iterations", type=int, default=None, help="stage-1 iterations (default 50)")
-    p.add_argument("--n-mc", type=int, default=None, help="MC samples per iteration (default 1)")
-    p.add_argument("--refine-steps", type=int, default=None, help="guided steps (default: every step below T_s)")
+    p.add_argument("--n-mc", type=int, default=None, help="MC samples per iteration (default: the preset's)")
+    p.add_argument("--refine-steps", type=int, default=None, help="guided steps (default: the preset's)")
     p.add_argument("--guidance", type=float, default=None, help="refinement CFG (default: 3 SD2, 1 SD3.5)")
     p.add_argument("--dtype", default="float32", help="denoiser + codec weights: float32 or bfloat16")
     p.add_argument("--autocast", default=None, choices=[None, "bf16", "fp16"])
@@ -227,10 +228,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="JSON path (default results/benchmarks/gpu_sd_shapes[_tiny].json)")
     a = p.parse_args(argv)
     small = a.tiny
-    a.iterations = a.iterations if a.iterations is not None else (2 if small else 50)
-    a.refine_steps = a.refine_steps if a.refine_steps is not None else (3 if small else None)
+    if small:   # a schedule that runs in seconds on a CPU, unless set explicitly
+        a.iterations = 2 if a.iterations is None else a.iterations
+        a.refine_steps = 3 if a.refine_steps is None else a.refine_steps
+        a.n_mc = 1 if a.n_mc is None else a.n_mc
     a.samples = a.samples if a.samples is not None else (2 if small else 4)
-    a.n_mc = a.n_mc if a.n_mc is not None else 1
     return a
 
 

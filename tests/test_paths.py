@@ -162,3 +162,16 @@ def test_flow_unet_prior_loads_and_converts_velocity(flow_unet):
         torch.testing.assert_close(p2.path_sigmas, cap_flow_sigmas(flow_sigmas(1000, 2.0)))
     finally:
         cfg_file.write_text(json.dumps(cfg))
+
+
+def test_flow_prior_from_in_memory_models_and_flow_shift_needs_a_flow_scheduler(flow_unet):
+    import diffusers
+
+    from vipaint.priors import DiffusersPrior
+
+    _, unet = flow_unet
+    prior = DiffusersPrior.from_models(unet, diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    assert prior.noise_path == "flow" and prior.prediction_type == "flow_prediction"
+    torch.testing.assert_close(prior.path_sigmas, cap_flow_sigmas(flow_sigmas(1000, 3.0)))
+    with pytest.raises(ValueError, match="flow_shift"):
+        DiffusersPrior.from_models(unet, diffusers.DDPMScheduler(), flow_shift=3.0)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,8 +38,14 @@ _FROM_PRESET: Any = _Unset()
 
 @dataclass
 class VIPaintConfig:
-    """All VIPaint options. `preset` ("principled", the default, or "official"; `preset_values`) fills
-    every field the caller leaves out; explicit fields win (docs/algorithm.md §5, §9).
+    """All VIPaint options. `preset` ("principled", the default, "official" or "sd35_official"; `preset_values`)
+    fills every field the caller leaves out; explicit fields win (docs/algorithm.md §5, §9, §11.5).
+
+    Keypoints: `keypoints` are time indices of the prior's grid (T_e > … > T_s); `keypoint_sigmas`, when set,
+    replaces them by the times of these noise levels λ = σ/(α+σ) on the prior's path (`Prior.time_of_sigma`,
+    docs/algorithm.md §11.4: the rectified-flow σ; on a VP prior λ = 0.5 is ᾱ = 1/2), so one setting means
+    the same noise on every path. `zeta_latent_area` A, when set, rescales the refinement step to the prior's
+    latent: ζ·(h·w)/A (a step tuned on mean-reduced losses at an h·w = A latent, docs/algorithm.md §11.5).
 
     Fit (stage 1, docs/algorithm.md §2–§3): `likelihood` / `likelihood_scale` / `reduction` as in
     `Likelihood`; `likelihood_variance` "tweedie" adds r_t² = v σ_t²/(ᾱ_t v + σ_t²) (eq. 3.8) to a Gaussian
@@ -59,6 +66,7 @@ class VIPaintConfig:
 
     preset: str = "principled"
     keypoints: list[int] = _FROM_PRESET
+    keypoint_sigmas: list[float] | None = _FROM_PRESET
     iterations: int = _FROM_PRESET
     n_mc: int = _FROM_PRESET
     lr_mu: float = _FROM_PRESET
@@ -86,6 +94,7 @@ class VIPaintConfig:
     fit_guidance: float = _FROM_PRESET
     refine_steps: int | None = _FROM_PRESET
     zeta: float = _FROM_PRESET
+    zeta_latent_area: float | None = _FROM_PRESET
     zeta_over_samples: bool = _FROM_PRESET
     guidance_form: str = _FROM_PRESET
     eta_refine: float = _FROM_PRESET
@@ -121,6 +130,21 @@ class VIPaintConfig:
             raise TypeError(f"unknown VIPaint option(s) {sorted(unknown)}; see VIPaintConfig")
         mine = {k: getattr(self, k) for k in self.explicit}
         return VIPaintConfig(**{"preset": self.preset, **mine, **options})  # type: ignore[arg-type]
+
+    def for_prior(self, prior: Prior) -> VIPaintConfig:
+        """This config resolved against `prior` (idempotent): `keypoint_sigmas` → `keypoints` (times of those
+        noise levels, docs/algorithm.md §11.4) and ζ rescaled by `zeta_latent_area` (§11.5)."""
+        out = copy.copy(self)
+        if self.keypoint_sigmas is not None:
+            times = [prior.time_of_sigma(s) for s in self.keypoint_sigmas]
+            if any(a <= b for a, b in zip(times[:-1], times[1:], strict=False)):
+                raise ValueError(f"keypoint_sigmas {self.keypoint_sigmas} give times {times} on this prior; they must "
+                                 f"be strictly decreasing noise levels that land on distinct times")
+            out.keypoints = times
+        if self.zeta_latent_area is not None:
+            _, h, w = prior.latent_shape
+            out.zeta, out.zeta_latent_area = self.zeta * h * w / float(self.zeta_latent_area), None
+        return out
 
     def make_likelihood(self) -> Likelihood:
         return Likelihood(self.likelihood, self.likelihood_scale, self.reduction)
@@ -164,6 +188,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     Returns the posterior, the objective trace [iterations, B], per-image failure flags [B] and reasons.
     An image whose objective or gradients turn non-finite is frozen and flagged.
     """
+    cfg = cfg.for_prior(prior)
     if max(cfg.keypoints) >= prior.num_timesteps - 1 or min(cfg.keypoints) < 1:
         raise ValueError(f"keypoints {cfg.keypoints} must lie in [1, T-1) with T = {prior.num_timesteps}")
     y_enc = prior.encode(initial_image(operator, y, prior.image_shape, cfg.init_fill))
@@ -245,6 +270,7 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
     Returns the samples [S, B, *image] — D(x̂0) of the last network step ("subtract"; the official
     output) or D(z_0) of the guided last step ("score") — and the number of ε_θ passes (each with
     backprop when ζ ≠ 0)."""
+    cfg = cfg.for_prior(prior)
     lik = likelihood if likelihood is not None else cfg.make_refine_likelihood()
     times = time_grid(cfg.keypoints[-1], cfg.refine_steps)
     zeta = cfg.zeta / z.shape[0] if cfg.zeta_over_samples else cfg.zeta
@@ -299,6 +325,7 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     """VIPaint for B observations y [B, ...]: one fit of q_λ per observation, then `n_samples` refined
     samples per observation. Options override `VIPaintConfig` fields (`preset` picks the defaults)."""
     cfg = (config or VIPaintConfig()).overridden(**options) if options else (config or VIPaintConfig())
+    cfg = cfg.for_prior(prior)
     post, trace, failed, reasons = fit_posterior(prior, operator, y, rng, cfg, cond=cond,
                                                  progress=Progress("VIPaint fit", progress))
     with torch.no_grad():

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
+from vipaint.diffusion import bcast
 from vipaint.priors.paths import PATHS, eps_x0_from_output, path_scale, rf_noise_level, vp_equivalent_abar
 
 __all__ = ["Prior"]
@@ -92,13 +93,13 @@ class Prior(nn.Module, ABC):
         if not self._has_path():
             return z, t
         a, s = self.path_alpha(t).to(z), self.path_sigma(t).to(z)
-        return z * _bc(path_scale(a, s), z), self.model_time(t)
+        return z * bcast(path_scale(a, s), z), self.model_time(t)
 
     def eps_from_network(self, out: Tensor, x: Tensor, t: Tensor, prediction_type: str) -> Tensor:
         """ε from a raw network output [N, C, ...] at the path state x = `network_input(z, t)[0]`
         (docs/algorithm.md §11.3); ε is the same in path and VP coordinates."""
         a, s = self.path_alpha(t).to(x), self.path_sigma(t).to(x)
-        return eps_x0_from_output(out, x, _bc(a, x), _bc(s, x), prediction_type)[0]
+        return eps_x0_from_output(out, x, bcast(a, x), bcast(s, x), prediction_type)[0]
 
     def sigma_of(self, t: Tensor | int) -> Tensor:
         """The path-invariant noise level of time t, σ_t/(α_t+σ_t) ∈ [0, 1] (docs/algorithm.md §11.4): the
@@ -202,10 +203,6 @@ class Prior(nn.Module, ABC):
     def extra_repr(self) -> str:
         return (f"T={self.num_timesteps}, path={self.noise_path}, latent_shape={self.latent_shape}, "
                 f"image_shape={self.image_shape}")
-
-
-def _bc(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
 
 
 def _flat_times(t: Tensor | int, lead: tuple[int, ...], device: torch.device) -> Tensor:

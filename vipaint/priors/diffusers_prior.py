@@ -79,7 +79,7 @@ class DiffusersPrior(Prior):
             to convert a CompVis checkpoint).
         flow_shift: for a `FlowMatchEulerDiscreteScheduler` (rectified flow, docs/algorithm.md §11.2): the fixed
             shift of the noise grid, overriding the config's `shift`; required when the config uses dynamic
-            shifting. Ignored by VP schedulers.
+            shifting. An error with a VP scheduler.
         text_device: Stable Diffusion pipelines: where the text encoders run ("cpu", or None: the prior's
             device at the first prompt). Each distinct prompt is encoded once (`prompt_ids`).
         text_dtype: the text encoders' weight dtype (None: as stored; "bfloat16"/"float16" on GPU).
@@ -151,6 +151,8 @@ class DiffusersPrior(Prior):
         self.codec = codec.eval().requires_grad_(False) if codec is not None else None
         self.denoiser_class = type(denoiser.model).__name__
         flow = type(sched).__name__ == "FlowMatchEulerDiscreteScheduler"
+        if flow_shift is not None and not flow:
+            raise ValueError(f"flow_shift={flow_shift} given, but the scheduler is a VP {type(sched).__name__}")
         self.prediction_type = "flow_prediction" if flow else sched.config.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
