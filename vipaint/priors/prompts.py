@@ -27,6 +27,9 @@ class PromptTable:
     (which="prompt") or negative prompts ("negative") on a device and dtype; `unconditional(n)` → the
     empty prompt's, which an unconditional call uses (diffusers' default negative prompt)."""
 
+    #: how many sets of rows stay cached on a device (memory: a set of k SD3 prompts is k × 5.5 MB in float32)
+    CACHED_SETS = 8
+
     def __init__(self, encode: Callable[[list[str]], Context]) -> None:
         self._encode = encode
         self._row: dict[str, int] = {}
@@ -34,7 +37,7 @@ class PromptTable:
         self._pooled: Tensor | None = None
         self._pair: dict[tuple[int, int], int] = {}
         self._pairs: list[tuple[int, int]] = []
-        self._on: dict[tuple[torch.device, torch.dtype], tuple[tuple[int, int], Tensor, Tensor | None, Tensor]] = {}
+        self._on: dict[tuple, tuple[Tensor, Tensor | None]] = {}    # device copies of recent row sets
 
     def __len__(self) -> int:
         """The number of distinct strings encoded so far."""
@@ -43,6 +46,11 @@ class PromptTable:
     @property
     def strings(self) -> list[str]:
         return list(self._row)
+
+    @property
+    def n_cached(self) -> int:
+        """How many sets of rows are cached on devices (at most `CACHED_SETS`)."""
+        return len(self._on)
 
     def _register(self, strings: Sequence[str]) -> None:
         new = list(dict.fromkeys(s for s in strings if s not in self._row))
@@ -76,35 +84,38 @@ class PromptTable:
             out.append(self._pair[key])
         return torch.tensor(out, dtype=torch.long)
 
-    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor]:
-        """(hidden [R, L, D], pooled [R, P] or None, pair rows [K, 2]) on `device`, cached until new strings."""
-        key = (device, dtype)
-        hit, version = self._on.get(key), (len(self._row), len(self._pairs))
-        if hit is None or hit[0] != version:
-            if self._hidden is None:
-                raise ValueError("no prompt has been registered; call prompt_ids(...) first")
-            pooled = None if self._pooled is None else self._pooled.to(device, dtype)
-            pairs = torch.tensor(self._pairs or [(0, 0)], dtype=torch.long, device=device).reshape(-1, 2)
-            hit = (version, self._hidden.to(device, dtype), pooled, pairs)
+    def _rows(self, rows: Tensor, device: torch.device, dtype: torch.dtype) -> Context:
+        """The embeddings of table rows `rows` [N] (CPU, long) on `device`: only the distinct rows travel,
+        and the last few such sets stay cached there (a method calls ε_θ with the same prompts every step)."""
+        uniq, inverse = torch.unique(rows, return_inverse=True)
+        key = (device, dtype, tuple(uniq.tolist()))
+        hit = self._on.get(key)
+        if hit is None:
+            hit = (self._hidden[uniq].to(device, dtype),
+                   None if self._pooled is None else self._pooled[uniq].to(device, dtype))
+            if len(self._on) >= self.CACHED_SETS:
+                self._on.pop(next(iter(self._on)))
             self._on[key] = hit
-        return hit[1], hit[2], hit[3]
+        else:                                          # most recently used last
+            self._on[key] = self._on.pop(key)
+        inv = inverse.to(device)
+        return hit[0][inv], None if hit[1] is None else hit[1][inv]
 
     def context(self, ids: Tensor, which: str, device: torch.device, dtype: torch.dtype) -> Context:
         """The prompt's (which="prompt") or negative prompt's ("negative") embeddings of the pairs `ids` [N]."""
-        hidden, pooled, pairs = self._tables(device, dtype)
-        ids = ids.to(device).long()
+        if self._hidden is None:
+            raise ValueError("no prompt has been registered; call prompt_ids(...) first")
+        ids = ids.detach().long().cpu()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self._pairs)):
             raise ValueError(f"prompt ids must lie in [0, {len(self._pairs)}) (from prompt_ids), got "
                              f"[{int(ids.min())}, {int(ids.max())}]")
-        rows = pairs[ids, 0 if which == "prompt" else 1]
-        return hidden[rows], None if pooled is None else pooled[rows]
+        pairs = torch.tensor(self._pairs, dtype=torch.long).reshape(-1, 2)
+        return self._rows(pairs[ids, 0 if which == "prompt" else 1], device, dtype)
 
     def unconditional(self, n: int, device: torch.device, dtype: torch.dtype) -> Context:
         """The empty prompt's embeddings, repeated n times."""
         self._register([""])
-        hidden, pooled, _ = self._tables(device, dtype)
-        row = torch.full((n,), self._row[""], dtype=torch.long, device=device)
-        return hidden[row], None if pooled is None else pooled[row]
+        return self._rows(torch.full((n,), self._row[""], dtype=torch.long), device, dtype)
 
 
 def text_guided_eps(net: Callable[[Tensor, Tensor, Context], Tensor], z: Tensor, t: Tensor, cond: Tensor | None,
