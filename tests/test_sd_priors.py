@@ -184,3 +184,26 @@ def test_text_encoder_in_reduced_precision(sd_folders, sd_priors):
     h_ref, _ = sd_priors["sd1"].text_encoder.encode(["a red cat"])
     assert h_low.dtype == torch.float32
     torch.testing.assert_close(h_low, h_ref, atol=0.1, rtol=0.05)
+
+
+def test_sd_hub_id_from_a_filled_cache(sd_folders, tmp_path, monkeypatch):
+    """A Stable Diffusion Hub id found in the Hub cache (as `hf download` leaves it): the text encoder and
+    tokenizer load through transformers' cache lookup too, offline."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    entry = tmp_path / "models--vipaint-tests--tiny-sd2v"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(commit)
+    shutil.copytree(sd_folders["sd2v"], entry / "snapshots" / commit)
+    prior = DiffusersPrior("vipaint-tests/tiny-sd2v")
+    assert prior.is_text_conditioned and prior.prediction_type == "v_prediction"
+    ids = prior.prompt_ids(["a cat"])
+    with torch.no_grad():
+        ref = DiffusersPrior(sd_folders["sd2v"])
+        z = torch.randn(1, 4, 8, 8)
+        torch.testing.assert_close(prior.eps(z, 300, ids), ref.eps(z, 300, ref.prompt_ids(["a cat"])))
