@@ -105,6 +105,33 @@ def sd_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return out
 
 
+def save_text_pixel(root: Path) -> None:
+    """A text-conditioned PIXEL prior (no codec): UNet2DConditionModel on 3×16×16 images + CLIP text encoder,
+    in the pipeline layout (model_index.json names unet, text_encoder, tokenizer, scheduler)."""
+    import json
+
+    torch.manual_seed(10)
+    diffusers.UNet2DConditionModel(
+        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+        norm_num_groups=4, cross_attention_dim=WIDTH, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(root / "unet")
+    tiny_clip(11).save_pretrained(root / "text_encoder")
+    tiny_tokenizer().save_pretrained(root / "tokenizer")
+    diffusers.DDPMScheduler().save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "TextPixelPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"]}))
+
+
+@pytest.fixture(scope="session")
+def text_pixel_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("text_pixel")
+    save_text_pixel(root)
+    return str(root)
+
+
 @pytest.fixture(scope="session")
 def sd3_t5_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("sd3_t5")

@@ -142,6 +142,29 @@ def test_pixel_space_peers_refuse_a_latent_sd_prior(sd_priors, method):
                       **PIXEL_ONLY[method])
 
 
+@pytest.mark.parametrize("method", list(PIXEL_ONLY))
+def test_pixel_space_peers_with_a_prompt_on_a_text_conditioned_pixel_prior(text_pixel_folder, method):
+    """RePaint and CoPaint take prompts too, where they apply (a pixel prior): finite, batch-independent,
+    prompt-dependent."""
+    prior = DiffusersPrior(text_pixel_folder)
+    assert prior.is_text_conditioned and not prior.is_latent
+    mask = torch.ones(2, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 0
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    op = Inpainting(mask, sigma_y=0.05)
+    y = op.observe(x, ImageRNG(0, [0, 1], "observation"))
+    kw = {**PIXEL_ONLY[method], "guidance_scale": 2.0}
+    cond = prior.prompt_ids(["a red cat", "a dog"], "blurry")
+    both = vipaint.solve(method, prior, op, y, n_samples=2, seed=3, indices=[0, 1], cond=cond, **kw)
+    alone = vipaint.solve(method, prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
+                          indices=[1], cond=cond[1:], **kw)
+    other = vipaint.solve(method, prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
+                          indices=[1], cond=prior.prompt_ids(["a blue cow"], "blurry"), **kw)
+    assert torch.isfinite(both).all()
+    torch.testing.assert_close(both[:, 1:], alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(alone, other)
+
+
 def test_prompt_on_a_prior_without_text_is_refused(tmp_path):
     torch.manual_seed(0)
     diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
