@@ -230,3 +230,35 @@ def test_sd_hub_id_from_a_filled_cache(sd_folders, tmp_path, monkeypatch):
         ref = DiffusersPrior(sd_folders["sd2v"])
         z = torch.randn(1, 4, 8, 8)
         torch.testing.assert_close(prior.eps(z, 300, ids), ref.eps(z, 300, ref.prompt_ids(["a cat"])))
+
+
+def test_sd3_eps_is_the_transformer_velocity_at_diffusers_timestep(sd_folders, sd_priors):
+    """On the flow path, ε_θ at VP coordinates z equals x + (1 − σ)·v̂ with v̂ the transformer's output at the
+    path state x = √(α² + σ²)·z, timestep σ·1000 and diffusers' own prompt embeddings (x = (1 − σ)x0 + σε)."""
+    prior = sd_priors["sd3"]
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(sd_folders["sd3"], text_encoder_3=None, tokenizer_3=None)
+    pos, _, pooled, _ = pipe.encode_prompt(["a red cat"], None, None, device="cpu", do_classifier_free_guidance=False)
+    t = torch.tensor([600])
+    a, s = prior.path_alpha(t).double(), prior.path_sigma(t).double()
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    x = z * (a ** 2 + s ** 2).sqrt().float()
+    with torch.no_grad():
+        v = pipe.transformer(hidden_states=x, timestep=(s * 1000).float(), encoder_hidden_states=pos,
+                             pooled_projections=pooled).sample
+        eps = prior.eps(z, t, prior.prompt_ids(["a red cat"]))
+    assert float(a + s) == pytest.approx(1.0)
+    torch.testing.assert_close(eps, x + (1 - s.float()) * v, atol=1e-5, rtol=1e-4)
+
+
+def test_sd2_v_eps_with_cfg_matches_the_pipelines_unet_call(sd_folders, sd_priors):
+    """SD2-v: ε = σ_t z + α_t v̂ with v̂ guided as the pipeline guides it (negative prompt as unconditional)."""
+    prior = sd_priors["sd2v"]
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folders["sd2v"], safety_checker=None)
+    pos, neg = pipe.encode_prompt(["a red cat"], "cpu", 1, True, negative_prompt=["blurry"])
+    t, z = 700, torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    ab = prior.alphas_cumprod[t].float()
+    with torch.no_grad():
+        v_c, v_u = pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([pos, neg])).sample.chunk(2)
+        eps = prior.eps(z, t, prior.prompt_ids(["a red cat"], "blurry"), 5.0)
+    v = v_u + 5.0 * (v_c - v_u)
+    torch.testing.assert_close(eps, (1 - ab).sqrt() * z + ab.sqrt() * v, atol=1e-5, rtol=1e-4)
