@@ -262,3 +262,16 @@ def test_sd2_v_eps_with_cfg_matches_the_pipelines_unet_call(sd_folders, sd_prior
         eps = prior.eps(z, t, prior.prompt_ids(["a red cat"], "blurry"), 5.0)
     v = v_u + 5.0 * (v_c - v_u)
     torch.testing.assert_close(eps, (1 - ab).sqrt() * z + ab.sqrt() * v, atol=1e-5, rtol=1e-4)
+
+
+def test_missing_t5_says_drop_t5(sd3_t5_folder, tmp_path):
+    import shutil
+
+    from vipaint.priors import PriorNotFoundError
+
+    broken = tmp_path / "sd3"
+    shutil.copytree(sd3_t5_folder, broken)
+    shutil.rmtree(broken / "text_encoder_3")
+    with pytest.raises(PriorNotFoundError, match="drop_t5: true"):
+        DiffusersPrior(str(broken))
+    assert not DiffusersPrior(str(broken), drop_t5=True).text_encoder.has_t5

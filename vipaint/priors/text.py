@@ -169,10 +169,16 @@ def load_text_encoder(target: str, index: dict | None, kind: str, *, local_files
             encs.append(None)
             continue
         tok_default = "T5TokenizerFast" if suffix == "_3" else "CLIPTokenizer"
-        toks.append(getattr(tf, tok_cls or tok_default).from_pretrained(
-            target, subfolder="tokenizer" + suffix, local_files_only=local_files_only))
-        encs.append(getattr(tf, enc_cls or enc_default).from_pretrained(target, subfolder="text_encoder" + suffix,
-                                                                         **kw))
+        try:
+            toks.append(getattr(tf, tok_cls or tok_default).from_pretrained(
+                target, subfolder="tokenizer" + suffix, local_files_only=local_files_only))
+            encs.append(getattr(tf, enc_cls or enc_default).from_pretrained(
+                target, subfolder="text_encoder" + suffix, **kw))
+        except OSError as err:
+            if suffix != "_3":
+                raise
+            raise OSError(f"T5 (text_encoder_3/, tokenizer_3/) could not be loaded; set drop_t5: true "
+                          f"(vipaint inpaint --drop-t5) to run without it. {str(err).splitlines()[0][:200]}") from err
     return TextEncoder(kind, toks, encs, device=device, dtype=dtype, max_sequence_length=max_sequence_length,
                        joint_attention_dim=joint_attention_dim)
 
