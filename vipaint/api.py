@@ -184,7 +184,8 @@ def solve(method: str, prior: Prior, operator: LinearOperator, y: Tensor, *, n_s
         n_samples: samples per observation (≥ 1).
         seed: global seed; image b draws from a stream derived from (seed, indices[b]).
         indices: dataset index of each observation (default 0..B−1).
-        cond: class labels [B] for class-conditional priors.
+        cond: class labels [B] for class-conditional priors; prompt ids [B] (`prior.prompt_ids(prompts,
+            negative)`) for text-conditioned ones (Stable Diffusion).
         progress: show progress bars.
         **options: method options (for VIPaint, fields of `vipaint.methods.VIPaintConfig`), checked by
             `check_options`.

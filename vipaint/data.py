@@ -1,16 +1,16 @@
 """Datasets of (image, mask, index) items for inverse problems, behind a LightningDataModule.
 
-Sources: a local image folder (optionally with paired masks through `metadata.jsonl`
-`{"file_name": ..., "mask_file_name": ..., "class_id": ...}`), a Hub dataset id through `datasets`, or
-samples of an analytic prior ("prior", given by `InverseProblemDataModule.set_prior`). Masks come from the
-files or from generators; with G generators the dataset is the product images × generators: item k = image
-k mod N, generator k div N. The DataModule yields only the pending indices (`skip_done`); each item keeps its
-dataset index, from which every per-image seed derives, so a resumed run computes what a full run does.
+Sources: a local image folder (optionally with paired masks, labels and prompts through `metadata.jsonl`
+`{"file_name": ..., "mask_file_name": ..., "class_id": ..., "prompt": ..., "negative_prompt": ...}`; see
+`vipaint.metadata`), a Hub dataset id through `datasets`, or samples of an analytic prior ("prior", given by
+`InverseProblemDataModule.set_prior`). Masks come from the files or from generators; with G generators the
+dataset is the product images × generators: item k = image k mod N, generator k div N. The DataModule yields
+only the pending indices (`skip_done`); each item keeps its dataset index, from which every per-image seed
+derives, so a resumed run computes what a full run does.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vipaint.imageio import RESIZE_POLICIES, fit_mask, fit_mask_to_image, load_image, read_image
 from vipaint.masks import FileMask, MaskGenerator, check_mask
+from vipaint.metadata import TEXT_COLUMNS, check_metadata
 from vipaint.provenance import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
@@ -41,50 +42,6 @@ __all__ = [
 
 class DatasetNotFoundError(FileNotFoundError):
     """The configured dataset is not available on this machine."""
-
-
-def _inside(folder: Path, name: str) -> bool:
-    """Whether the relative path `name` stays inside `folder` (no absolute path, no `..` out of it)."""
-    if Path(name).is_absolute():
-        return False
-    return (folder / name).resolve().is_relative_to(folder.resolve())
-
-
-def check_metadata(meta: Path) -> None:
-    """Check an image folder's `metadata.jsonl` before `datasets` reads it, with errors naming the file and
-    line: not empty, one JSON object per line with a `file_name`, paths inside the folder and existing,
-    no file listed twice."""
-    folder = meta.parent
-    first: dict[str, int] = {}
-    lines = meta.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{meta}, line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); write one JSON object "
-                             'per line, e.g. {"file_name": "000.png", "mask_file_name": "masks/000.png"}') from None
-        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-            raise ValueError(f'{where}: expected a JSON object with a "file_name" string, got {line.strip()[:100]}')
-        for col in ("file_name", "mask_file_name"):
-            name = row.get(col)
-            if name is None:
-                continue
-            if not isinstance(name, str) or not _inside(folder, name):
-                raise ValueError(f"{where}: {col} {name!r} points outside the folder {folder}; give a path relative "
-                                 "to the folder, inside it")
-            if not (folder / name).is_file():
-                raise ValueError(f"{where}: {col} {name!r} does not exist in {folder}")
-        key = str(Path(row["file_name"]))
-        if key in first:
-            raise ValueError(f"{where}: file_name {row['file_name']!r} is listed again (first on line {first[key]}); "
-                             "each image must appear once")
-        first[key] = n
-    if not first:
-        raise ValueError(f"{meta} lists no images; write one JSON object per line "
-                         '({"file_name": ..., "mask_file_name": ...}) or delete the file')
 
 
 def _load_hub(datasets, source: str, split: str, cache_dir: str | None):
@@ -131,13 +88,16 @@ def _load_hf(source: str, split: str, cache_dir: str | None):
 
 
 class InverseProblemDataset(Dataset):
-    """Items {"image" [C,H,W], "mask" [1,H,W], "index", "image_index", "mask_name", "label", "path"}."""
+    """Items {"image" [C,H,W], "mask" [1,H,W], "index", "image_index", "mask_name", "label", "path", "prompt",
+    "negative_prompt"}: the prompts are the row's `prompt` / `negative_prompt` columns where set, else
+    `prompt` / `negative_prompt` given here (the run's; default "")."""
 
     def __init__(self, *, source: str, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = None, image_size: int | None = None, channels: int | None = None,
                  seed: int = 0, cache_dir: str | None = None, prior_samples: Tensor | None = None,
-                 resize: str = "crop") -> None:
+                 resize: str = "crop", prompt: str = "", negative_prompt: str = "") -> None:
         self.source, self.masks, self.seed = source, list(masks or []), seed
+        self.text = {"prompt": str(prompt), "negative_prompt": str(negative_prompt)}
         self.image_size, self.channels, self.resize = image_size, channels, resize
         self.prior_samples = prior_samples
         if prior_samples is not None:
@@ -173,12 +133,13 @@ class InverseProblemDataset(Dataset):
 
     def fingerprint(self, k: int) -> dict[str, str]:
         """Content hashes of item k's input files, {"image_sha256": ..., "mask_sha256": ...} (a generated
-        mask has none: the settings and the index determine it; a prior sample hashes its tensor)."""
+        mask has none: the settings and the index determine it; a prior sample hashes its tensor), and its
+        prompts where set ({"prompt": ..., "negative_prompt": ...}, non-empty ones only)."""
         i, g = k % self.n_images, k // self.n_images
         if self.table is None:
             return {"image_sha256": sha256_bytes(self.prior_samples[i].float().contiguous().numpy().tobytes())}
         row = self.table[i]
-        out = {"image_sha256": _cell_sha256(row["image"])}
+        out = {"image_sha256": _cell_sha256(row["image"]), **self._text(row)}
         if self.masks:
             gen = self.masks[g]
             if isinstance(gen, FileMask):
@@ -187,11 +148,17 @@ class InverseProblemDataset(Dataset):
             out["mask_sha256"] = _cell_sha256(row["mask"])
         return out
 
+    def _text(self, row: dict | None) -> dict[str, str]:
+        """The item's non-empty prompts: the row's columns where set, else the run's."""
+        text = dict(self.text)
+        text.update({c: str(row[c]) for c in TEXT_COLUMNS if row is not None and row.get(c) is not None})
+        return {c: v for c, v in text.items() if v}
+
     def __getitem__(self, k: int) -> dict:
         if k < 0 or k >= len(self):
             raise IndexError(k)
         i, g = k % self.n_images, k // self.n_images
-        label, path = -1, f"prior sample {i}"
+        label, path, row = -1, f"prior sample {i}", None
         if self.table is None:
             x = self.prior_samples[i].float()
         else:
@@ -218,7 +185,7 @@ class InverseProblemDataset(Dataset):
             m = load_image(msrc, where=where, channels=1)
             m, name = check_mask(_same_geometry(m, native, box, size, where=where, image=path), where=where), "file"
         return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
-                "path": path}
+                "path": path, **{c: "" for c in TEXT_COLUMNS}, **self._text(row)}
 
 
 def _cell_sha256(v: object) -> str:
@@ -298,12 +265,14 @@ class InverseProblemDataModule(L.LightningDataModule):
         seed: global seed for masks (and prior samples).
         batch_size, num_workers: DataLoader settings; results do not depend on batch size.
         cache_dir: `datasets` cache folder.
+        prompt, negative_prompt: the prompts of a text-conditioned prior for items whose metadata.jsonl row
+            sets none (`--data.prompt "..."`).
     """
 
     def __init__(self, source: str = "prior", *, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = 16, image_size: int | None = None, channels: int | None = None,
                  seed: int = 0, batch_size: int = 8, num_workers: int = 0, cache_dir: str | None = None,
-                 resize: str = "crop") -> None:
+                 resize: str = "crop", prompt: str = "", negative_prompt: str = "") -> None:
         super().__init__()
         _check_count("num_images", num_images, low=1, none_ok=True)
         _check_count("image_size", image_size, low=1, none_ok=True)
@@ -353,7 +322,8 @@ class InverseProblemDataModule(L.LightningDataModule):
                                              num_images=h.num_images, image_size=h.image_size,
                                              channels=h.channels, seed=h.seed,
                                              cache_dir=h.cache_dir or os.environ.get("VIPAINT_DATA_CACHE"),
-                                             prior_samples=samples, resize=h.get("resize", "crop"))
+                                             prior_samples=samples, resize=h.get("resize", "crop"),
+                                             prompt=h.get("prompt", ""), negative_prompt=h.get("negative_prompt", ""))
         return self.dataset
 
     def pending(self) -> list[int]:

@@ -109,7 +109,7 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
                   likelihood: Likelihood, rng: ImageRNG, *, n_mc: int, grid: Tensor, eta: float,
                   beta_prior: float = 100.0, beta_hier: float = 100.0, reduction: str = "mean",
                   cond: Tensor | None = None, n_exact: int = 0, interval_probs: Tensor | None = None,
-                  rec_extra_var: float | Tensor = 0.0) -> ElboTerms:
+                  rec_extra_var: float | Tensor = 0.0, guidance_scale: float = 1.0) -> ElboTerms:
     """L(λ) = β_1 L_prior + β_2 L_hier + L_rec (docs/algorithm.md §3) for B observations, S = n_mc samples.
 
     One network call evaluates ε_θ at the top keypoint and at the prior-loss times together; each further
@@ -158,7 +158,7 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
         z_x = ab_x.sqrt() * z_ex + (1 - ab_x).sqrt() * rng.randn(n_exact * s, *latent, batch_dim=1).to(z_e)
         t_cat = torch.cat([t_cat, grid[j_x + 1]])
         z_cat.append(z_x)
-    e = prior.eps(torch.cat(z_cat), t_cat, cond)                                                   # one call
+    e = prior.eps(torch.cat(z_cat), t_cat, cond, guidance_scale)                                   # one call
     eps_top, eps_t = e[:s], e[s:2 * s]
     exact = None
     if n_exact:
@@ -166,9 +166,9 @@ def negative_elbo(post: HierarchicalPosterior, prior: Prior, operator: LinearOpe
 
     entropy = 0.5 * (post.top_logvar() + math.log(2 * math.pi * math.e)).flatten(1).sum(-1)   # [B]
     l_prior = _prior_terms(z_e, z_t, eps_t, j, grid, abar, weight, exact) - entropy                          # [S, B]
-    chain = chain_from(post, prior, z_e, rng, eta=eta, cond=cond, eps_top=eps_top)
+    chain = chain_from(post, prior, z_e, rng, eta=eta, cond=cond, guidance_scale=guidance_scale, eps_top=eps_top)
     z_s = chain.z[-1]
-    e_s = prior.eps(z_s, post.keypoints[-1], cond)
+    e_s = prior.eps(z_s, post.keypoints[-1], cond, guidance_scale)
     x_hat = prior.decode(tweedie_x0(z_s, e_s, abar[post.keypoints[-1]]))                            # [S, B, *image]
     l_rec = likelihood(x_hat, y, operator, rec_extra_var)                                                      # [S, B]
 

@@ -1,4 +1,5 @@
-"""`vipaint inpaint IMAGE MASK --prior DIR --out result.png`: one image, no config file.
+"""`vipaint inpaint IMAGE MASK --prior DIR --out result.png [--prompt "..."]`: one image, no config file (a
+Stable Diffusion pipeline folder or Hub id takes `--prompt`, `--negative-prompt` and `--guidance`).
 
 Everything the user gives is checked before the prior is loaded or anything is computed: the options'
 ranges, the output path (writable, a known image format, never the input image or mask), the image and
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["main", "build_parser", "check_output", "load_pair"]
+__all__ = ["main", "build_parser", "check_output", "load_pair", "method_options"]
 
 
 def _positive_int(text: str) -> int:
@@ -62,8 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert-mask", action="store_true", help="white marks the hole in the mask file")
     p.add_argument("--binarize-mask", action="store_true", help="threshold a non-binary (e.g. anti-aliased or "
                    "JPEG) mask at 0.5 instead of stopping")
+    p.add_argument("--prompt", default=None, help="text prompt of a Stable Diffusion prior (default: the empty "
+                   "prompt, i.e. unconditional)")
+    p.add_argument("--negative-prompt", default="", help="negative prompt: the unconditional branch of "
+                   "classifier-free guidance (default: empty)")
+    p.add_argument("--guidance", type=_nonnegative_float, default=None, help="classifier-free guidance scale g "
+                   "(VIPaint: during refinement; peers: every step); default: the method's (1, no guidance)")
+    p.add_argument("--fit-guidance", type=_nonnegative_float, default=None,
+                   help="VIPaint: guidance scale while fitting q (default: the preset's, 1)")
+    p.add_argument("--text-device", default=None, help="where a Stable Diffusion prior's text encoders run "
+                   "(e.g. cpu; default: --device)")
+    p.add_argument("--drop-t5", action="store_true", help="SD3/3.5: do not load T5-XXL (zeros in its place)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
+
+
+def method_options(args: argparse.Namespace) -> dict[str, object]:
+    """The method options the command line sets (guidance: VIPaint's `refine_guidance` / `fit_guidance`,
+    a peer's `guidance_scale`)."""
+    opts = {k: v for k, v in (("iterations", args.iterations), ("refine_steps", args.refine_steps)) if v is not None}
+    if args.guidance is not None:
+        opts["refine_guidance" if args.method == "vipaint" else "guidance_scale"] = args.guidance
+    if args.fit_guidance is not None:
+        if args.method != "vipaint":
+            raise ValueError("--fit-guidance applies to --method vipaint only; use --guidance for peers")
+        opts["fit_guidance"] = args.fit_guidance
+    return opts
 
 
 def _outputs(out: Path) -> list[Path]:
@@ -129,15 +154,22 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError(f"--method {args.method!r} is not a method; available: {sorted(METHODS)}")
     out = Path(args.out)
     check_output(out, [Path(args.image), Path(args.mask)])
-    prior = DiffusersPrior(args.prior).to(args.device)
-    opts = {k: v for k, v in (("iterations", args.iterations), ("refine_steps", args.refine_steps)) if v is not None}
+    opts = method_options(args)
+    prior = DiffusersPrior(args.prior, text_device=args.text_device, drop_t5=args.drop_t5).to(args.device)
     check_options(args.method, prior, opts)
+    cond = None
+    if getattr(prior, "is_text_conditioned", False):
+        cond = prior.prompt_ids([args.prompt or ""], args.negative_prompt)
+    elif args.prompt is not None:
+        raise ValueError(f"--prompt given, but the prior {args.prior} is not text-conditioned (not a Stable "
+                         "Diffusion pipeline)")
     x, m = load_pair(args.image, args.mask, shape=tuple(prior.image_shape), resize=args.resize,
                      invert=args.invert_mask, binarize=args.binarize_mask)
     x, mask = x[None].to(args.device), m[None].to(args.device)
     op = Inpainting(mask, sigma_y=args.sigma_y)
     y = op.observe(x, ImageRNG(args.seed, [0], "observation", device=args.device))
-    res = solve_full(args.method, prior, op, y, n_samples=args.samples, seed=args.seed, progress=True, **opts)
+    res = solve_full(args.method, prior, op, y, n_samples=args.samples, seed=args.seed, cond=cond, progress=True,
+                     **opts)
     if res.failed.any():
         raise SystemExit(f"vipaint inpaint: the method failed: {res.reasons[0]}")
     comp = op.paste(res.samples, y)

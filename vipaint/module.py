@@ -113,7 +113,7 @@ class VIPaintModule(L.LightningModule):
         op = self.make_operator(mask)
         y = op.observe(x, ImageRNG(self.hparams.seed, idx, stream="observation", device=x.device))
         t0 = time.perf_counter()
-        res = self._solve(op, y, idx, batch["label"].to(x.device), self._batch_label(batch_idx, dataloader_idx))
+        res = self._solve(op, y, idx, self.condition(batch, x.device), self._batch_label(batch_idx, dataloader_idx))
         if x.is_cuda:       # the method's kernels are asynchronous: time them, not their launch
             torch.cuda.synchronize(x.device)
         seconds = (time.perf_counter() - t0) / len(idx)
@@ -135,10 +135,19 @@ class VIPaintModule(L.LightningModule):
         total = totals[dataloader_idx] if dataloader_idx < len(totals) else None
         return f"batch {batch_idx + 1}/{int(total) if total not in (None, float('inf')) else '?'}"
 
-    def _solve(self, op: LinearOperator, y: Tensor, idx: Tensor, labels: Tensor, label: str) -> MethodResult:
+    def condition(self, batch: dict, device: torch.device) -> Tensor | None:
+        """The `cond` of the batch: prompt ids of its (prompt, negative_prompt) pairs for a text-conditioned
+        prior; its class labels for a class-conditional one (with `use_labels`, all labels known); else None."""
+        if getattr(self.prior, "is_text_conditioned", False):
+            b = len(batch["index"])
+            return self.prior.prompt_ids(list(batch.get("prompt", [""] * b)),
+                                         list(batch.get("negative_prompt", [""] * b))).to(device)
+        labels = batch["label"].to(device)
+        use = self.hparams.use_labels and getattr(self.prior, "num_classes", None) and (labels >= 0).all()
+        return labels if use else None
+
+    def _solve(self, op: LinearOperator, y: Tensor, idx: Tensor, cond: Tensor | None, label: str) -> MethodResult:
         """The method on the batch's observations; progress (bars or log lines) on rank 0 only."""
-        cond = labels if self.hparams.use_labels and getattr(self.prior, "num_classes", None) and \
-            (labels >= 0).all() else None
         with torch.enable_grad(), progress_label(label):
             return solve_full(self.method, self.prior, op, y, n_samples=self.hparams.n_samples,
                               seed=self.hparams.seed, indices=idx, cond=cond,

@@ -303,6 +303,7 @@ def run_settings(pl_module, datamodule=None) -> dict:
         if dh.get("resize", "crop") != "crop":   # recorded only when not the default, so older folders still match
             out["data"]["resize"] = dh["resize"]
         out["data"]["masks"] = [repr(m) for m in (getattr(datamodule, "masks", None) or [])]
+        out["data"].update({k: dh[k] for k in ("prompt", "negative_prompt") if dh.get(k)})   # only when set
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
@@ -391,8 +392,8 @@ def check_fingerprint(f: Path, old: dict, fingerprint: dict[str, str] | None, *,
     """Stop if an input file of `index` changed since its record `old` (from file `f`) was written."""
     for key, value in (fingerprint or {}).items():
         if key in old and old[key] != value:
-            what = "image" if key.startswith("image") else "mask"
+            what = {"image": "image file", "mask": "mask file"}.get(key.split("_")[0], key.replace("_", " "))
             raise SettingsMismatchError(
-                f"{f}: the {what} file of dataset index {index} ({path}) changed since it was computed ({key} "
+                f"{f}: the {what} of dataset index {index} ({path}) changed since it was computed ({key} "
                 f"{old[key][:12]}… -> {value[:12]}…). Write to a new folder, or delete {f} to recompute it.")
 

@@ -218,7 +218,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
         terms = negative_elbo(post, prior, operator, y, lik, rng, n_mc=cfg.n_mc, grid=grid, eta=cfg.eta_fit,
                               beta_prior=cfg.beta_prior, beta_hier=cfg.beta_hier, reduction=cfg.reduction,
                               cond=cond, n_exact=cfg.prior_exact_intervals,
-                              interval_probs=probs, rec_extra_var=r2)
+                              interval_probs=probs, rec_extra_var=r2, guidance_scale=cfg.fit_guidance)
         obj = terms.objective
         bad = ~torch.isfinite(obj.detach()).cpu()
         for i in torch.nonzero(bad & ~failed).flatten().tolist():
@@ -249,11 +249,11 @@ def _initial_x0_variance(post: HierarchicalPosterior, prior: Prior, rng: ImageRN
     """r_{T_s}² per image [B] for the fit's likelihood under "jacobian" (eq. 3.9), estimated once at the
     initial q_λ from `n_mc` chains (K − 1 + 1 network passes, one backward)."""
     with torch.no_grad():
-        z = sample_chain(post, prior, cfg.n_mc, rng, eta=cfg.eta_fit, cond=cond).z[-1]
+        z = sample_chain(post, prior, cfg.n_mc, rng, eta=cfg.eta_fit, cond=cond, guidance_scale=cfg.fit_guidance).z[-1]
     z = z.detach().requires_grad_(True)
     ab = abar(prior, cfg.keypoints[-1], z)
     with torch.enable_grad():
-        x0 = tweedie_x0(z, prior.eps(z, cfg.keypoints[-1], cond), ab)
+        x0 = tweedie_x0(z, prior.eps(z, cfg.keypoints[-1], cond, cfg.fit_guidance), ab)
         probe = (rng.rand(z.shape[0], *z.shape[2:], batch_dim=1).to(z) < 0.5).to(z) * 2 - 1
         return x0_variance_estimate(z, x0, ab, probe)
 

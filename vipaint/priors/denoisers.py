@@ -9,6 +9,10 @@ Supported denoisers (diffusers 0.42):
   labels required, E read from `class_embedder/`.
 * `DiTTransformer2DModel` (Hub configs say `Transformer2DModel`): `dit(z, timestep=t, class_labels=labels)`;
   labels required (null class = `num_embeds_ada_norm`).
+* text-conditioned (Stable Diffusion; `labels` is then a context (hidden [N, L, D], pooled [N, P] or None)
+  from `vipaint.priors.prompts`): `UNet2DConditionModel` with `encoder_hidden_states=hidden` (SD 1.x/2.x),
+  `SD3Transformer2DModel(z, timestep=t, encoder_hidden_states=hidden, pooled_projections=pooled)` (SD3/3.5;
+  t is the model's own time, σ·1000 on a flow path).
 
 The class embedding E is `nn.Embedding(num_classes + 1, cross_attention_dim)` (row `num_classes` = the null
 class used for classifier-free guidance), stored as a subfolder `class_embedder/` beside `unet/`:
@@ -35,7 +39,8 @@ from torch import Tensor, nn
 
 from vipaint.diffusion import bcast, eps_from_x0
 
-__all__ = ["ClassEmbedder", "Denoiser", "UNetDenoiser", "CrossAttnUNetDenoiser", "DiTDenoiser", "wrap_denoiser",
+__all__ = ["ClassEmbedder", "Denoiser", "UNetDenoiser", "CrossAttnUNetDenoiser", "DiTDenoiser", "TextUNetDenoiser",
+           "SD3Denoiser", "wrap_denoiser",
            "resolve_num_classes", "eps_from_output", "guided_eps", "DENOISER_CLASSES", "PREDICTION_TYPES",
            "CLASS_EMBEDDER_CONFIG", "CLASS_EMBEDDER_WEIGHTS"]
 
@@ -45,7 +50,7 @@ CLASS_EMBEDDER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 #: diffusers class name → adapter kind; `Transformer2DModel` is the Hub name of DiT checkpoints
 #: (diffusers remaps it to `DiTTransformer2DModel` when `norm_type == "ada_norm_zero"`).
 DENOISER_CLASSES = {"UNet2DModel": "unet", "UNet2DConditionModel": "unet_cond",
-                    "DiTTransformer2DModel": "dit", "Transformer2DModel": "dit"}
+                    "DiTTransformer2DModel": "dit", "Transformer2DModel": "dit", "SD3Transformer2DModel": "sd3"}
 #: `prediction_type`s a prior converts to ε: `eps_from_output` on VP schedules, and on any Gaussian path
 #: `vipaint.priors.paths.eps_x0_from_output` ("flow_prediction": a rectified-flow velocity, docs/algorithm.md §11.3)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
@@ -214,12 +219,42 @@ class DiTDenoiser(Denoiser):
         return self.model(z, timestep=t, class_labels=labels).sample
 
 
-def wrap_denoiser(model: nn.Module, class_embedder: ClassEmbedder | None = None) -> Denoiser:
-    """The adapter for an in-memory diffusers denoiser (a `UNet2DConditionModel` needs `class_embedder`)."""
+class TextUNetDenoiser(Denoiser):
+    """`UNet2DConditionModel` of Stable Diffusion 1.x/2.x: the prompt's context [N, 77, D] (`labels` here is a
+    (hidden, pooled) pair; pooled unused) is the cross-attention input."""
+
+    kind = "text_unet"
+
+    def forward(self, z: Tensor, t: Tensor, labels: tuple[Tensor, Tensor | None]) -> Tensor:
+        hidden, _ = labels
+        return self.model(z, t, encoder_hidden_states=hidden.to(z.dtype)).sample
+
+
+class SD3Denoiser(Denoiser):
+    """`SD3Transformer2DModel` (MMDiT): joint context [N, 77 + 256, 4096] and pooled projections [N, 2048];
+    `t` is passed as the model's float time."""
+
+    kind = "sd3"
+
+    def forward(self, z: Tensor, t: Tensor, labels: tuple[Tensor, Tensor | None]) -> Tensor:
+        hidden, pooled = labels
+        if pooled is None:
+            raise ValueError("an SD3 transformer needs pooled text projections")
+        return self.model(z, timestep=t, encoder_hidden_states=hidden.to(z.dtype),
+                          pooled_projections=pooled.to(z.dtype)).sample
+
+
+def wrap_denoiser(model: nn.Module, class_embedder: ClassEmbedder | None = None, *, text: bool = False) -> Denoiser:
+    """The adapter for an in-memory diffusers denoiser (a `UNet2DConditionModel` needs `class_embedder`, or
+    `text=True` for a Stable Diffusion UNet conditioned on prompts)."""
     name = type(model).__name__
     kind = DENOISER_CLASSES.get(name)
     if kind is None:
         raise ValueError(f"unsupported denoiser class {name!r}; supported: {sorted(DENOISER_CLASSES)}")
+    if kind == "sd3":
+        return SD3Denoiser(model)
+    if kind == "unet_cond" and text:
+        return TextUNetDenoiser(model)
     if kind == "unet_cond":
         if class_embedder is None:
             raise ValueError("a UNet2DConditionModel needs class_embedder=ClassEmbedder(num_classes, dim)")

@@ -1,12 +1,14 @@
-"""Diffusers priors: a denoiser (`UNet2DModel`, `UNet2DConditionModel` + class embedding, or
-`DiTTransformer2DModel`) + its scheduler config, optionally behind a codec (`AutoencoderKL` or `VQModel`),
+"""Diffusers priors: a denoiser (`UNet2DModel`, `UNet2DConditionModel` + class embedding or text encoder,
+`DiTTransformer2DModel`, `SD3Transformer2DModel`) + its scheduler config, optionally behind a codec
+(`AutoencoderKL` or `VQModel`),
 loaded through the real `from_pretrained` path from a local folder or a Hub id (cache included). The
 network output is converted to ε whatever it predicts (docs/algorithm.md §1). See docs/latent_priors.md.
 
 `DiffusersPrior` composes three parts: `vipaint.priors.loading` (folder layouts, file discovery, the
 errors that say what to download), `vipaint.priors.denoisers` (one call signature for every denoiser,
 output → ε, classifier-free guidance) and `vipaint.priors.codec` (latent scale, chunked encode/decode,
-decoder checkpointing); `vipaint.priors.runtime` holds the autocast / channels-last options.
+decoder checkpointing); `vipaint.priors.runtime` holds the autocast / channels-last options. Stable Diffusion
+pipelines add `vipaint.priors.text` (prompt → context) and `vipaint.priors.prompts` (prompt ids as `cond`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from vipaint.priors.denoisers import (
 )
 from vipaint.priors.loading import PriorNotFoundError, import_diffusers, load_components
 from vipaint.priors.paths import flow_schedule
+from vipaint.priors.prompts import PromptTable, text_guided_eps
 from vipaint.priors.runtime import Runtime, check_autocast
 
 __all__ = ["DiffusersPrior", "PriorNotFoundError"]
@@ -77,6 +80,16 @@ class DiffusersPrior(Prior):
         flow_shift: for a `FlowMatchEulerDiscreteScheduler` (rectified flow, docs/algorithm.md §11.2): the fixed
             shift of the noise grid, overriding the config's `shift`; required when the config uses dynamic
             shifting. An error with a VP scheduler.
+        text_device: Stable Diffusion pipelines: where the text encoders run ("cpu", or None: the prior's
+            device at the first prompt). Each distinct prompt is encoded once (`prompt_ids`).
+        text_dtype: the text encoders' weight dtype (None: as stored; "bfloat16"/"float16" on GPU).
+        drop_t5: SD3/3.5: do not load T5-XXL; its part of the context is zeros (as diffusers with
+            `text_encoder_3=None`).
+        max_sequence_length: SD3/3.5: T5 tokens (diffusers' default 256).
+
+    Text-conditioned priors (`is_text_conditioned`) take prompt ids as `cond`: `prompt_ids(prompts, negative)`
+    registers the strings and returns one id per (prompt, negative prompt) pair; guidance scale g gives
+    ε_neg + g(ε_prompt − ε_neg), and a call without `cond` uses the empty prompt.
     """
 
     def __init__(self, path: str, *, num_classes: int | None = None, vq_force_not_quantize: bool = False,
@@ -84,13 +97,17 @@ class DiffusersPrior(Prior):
                  scaling_factor: float | None = None, autocast: str | None = None, force_autocast: bool = False,
                  gradient_checkpointing: bool = False, denoiser_checkpointing: bool = False,
                  decode_chunk: int | None = None, channels_last: bool = False, compile: bool = False,
-                 download_hint: str | None = None, flow_shift: float | None = None) -> None:
+                 download_hint: str | None = None, flow_shift: float | None = None, text_device: str | None = None,
+                 text_dtype: str | None = None, drop_t5: bool = False, max_sequence_length: int = 256) -> None:
         super().__init__()
         import_diffusers()  # deferred: a ~3 s import
         check_autocast(autocast)
         check_decode_chunk(decode_chunk)
         self.path = str(path)
-        parts = load_components(self.path, local_files_only=local_files_only, download_hint=download_hint)
+        text_options = dict(device=text_device, dtype=text_dtype, drop_t5=drop_t5,
+                            max_sequence_length=max_sequence_length)
+        parts = load_components(self.path, local_files_only=local_files_only, download_hint=download_hint,
+                                text_options=text_options)
         self.codec_kind = parts.codec_kind
         if scaling_factor is None and parts.codec_kind == "vq":
             scaling_factor = vq_scaling(parts.vq_config_scaling)
@@ -98,17 +115,17 @@ class DiffusersPrior(Prior):
                     vq_force_not_quantize=vq_force_not_quantize, dtype=dtype, scaling_factor=scaling_factor,
                     autocast=autocast, force_autocast=force_autocast, gradient_checkpointing=gradient_checkpointing,
                     denoiser_checkpointing=denoiser_checkpointing, decode_chunk=decode_chunk,
-                    channels_last=channels_last, compile=compile, flow_shift=flow_shift)
+                    channels_last=channels_last, compile=compile, flow_shift=flow_shift, text_encoder=parts.text)
 
     @classmethod
     def from_models(cls, denoiser: nn.Module, scheduler, codec: nn.Module | None = None, *,
                     class_embedder: ClassEmbedder | None = None, **options: object) -> DiffusersPrior:
         """A prior from in-memory diffusers models (no files): `denoiser` a UNet2DModel,
-        UNet2DConditionModel (with `class_embedder`) or DiTTransformer2DModel, `scheduler` any diffusers VP
-        scheduler (its `alphas_cumprod` and `prediction_type` are read) or a
-        `FlowMatchEulerDiscreteScheduler`, `codec` an AutoencoderKL or VQModel. `options` are the constructor's
-        keyword options (num_classes, autocast, ...)."""
-        wrapped = wrap_denoiser(denoiser, class_embedder)
+        UNet2DConditionModel (with `class_embedder`, or with `text_encoder=` a `vipaint.priors.text.TextEncoder`
+        in `options`), DiTTransformer2DModel or SD3Transformer2DModel, `scheduler` any diffusers VP scheduler
+        (its `alphas_cumprod` and `prediction_type` are read) or a `FlowMatchEulerDiscreteScheduler`, `codec` an
+        AutoencoderKL or VQModel. `options` are the constructor's keyword options (num_classes, autocast, ...)."""
+        wrapped = wrap_denoiser(denoiser, class_embedder, text=options.get("text_encoder") is not None)
         if codec is not None and type(codec).__name__ not in CODEC_CLASSES:
             raise ValueError(f"unsupported codec class {type(codec).__name__!r}; supported: {sorted(CODEC_CLASSES)}")
         obj = cls.__new__(cls)
@@ -123,7 +140,7 @@ class DiffusersPrior(Prior):
                vq_force_not_quantize: bool = False, dtype: str = "float32", scaling_factor: float | None = None,
                autocast: str | None = None, force_autocast: bool = False, gradient_checkpointing: bool = False,
                denoiser_checkpointing: bool = False, decode_chunk: int | None = None, channels_last: bool = False,
-               compile: bool = False, flow_shift: float | None = None) -> None:
+               compile: bool = False, flow_shift: float | None = None, text_encoder=None) -> None:
         check_autocast(autocast)
         check_decode_chunk(decode_chunk)
         torch_dtype = getattr(torch, dtype)
@@ -140,6 +157,9 @@ class DiffusersPrior(Prior):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
         self.num_classes = resolve_num_classes(denoiser, num_classes, self.path)
+        # kept outside the module tree: `.to(device)` does not move the text encoders (see `text_device`)
+        self.__dict__["text_encoder"] = text_encoder
+        self.__dict__["prompts"] = None if text_encoder is None else PromptTable(self._encode_prompts)
 
         self.vq_force_not_quantize = bool(vq_force_not_quantize)
         if codec is None:
@@ -204,7 +224,26 @@ class DiffusersPrior(Prior):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, denoiser={self.denoiser_class}, codec={self.codec_kind}, "
-                f"prediction={self.prediction_type}, num_classes={self.num_classes}")
+                f"prediction={self.prediction_type}, num_classes={self.num_classes}, "
+                f"text={self.text_encoder!r}")
+
+    # -- prompts ---------------------------------------------------------------------------------
+    @property
+    def is_text_conditioned(self) -> bool:
+        """Whether `cond` holds prompt ids (Stable Diffusion pipelines) rather than class labels."""
+        return self.text_encoder is not None
+
+    def _encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        return self.text_encoder.encode(prompts, device=self.alphas_cumprod.device)
+
+    def prompt_ids(self, prompts: list[str] | str, negative: list[str] | str = "") -> Tensor:
+        """Long ids [B] (on the prior's device) of (prompt, negative prompt) pairs, to pass as `cond`; each new
+        string is encoded once (one batched text-encoder call) and cached."""
+        if self.prompts is None:
+            raise ValueError(f"the prior at {self.path} ({self.denoiser_class}) is not text-conditioned; "
+                             "it takes no prompt")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return self.prompts.ids(prompts, negative).to(self.alphas_cumprod.device)
 
     # -- network ---------------------------------------------------------------------------------
     def _net(self, z: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
@@ -223,7 +262,11 @@ class DiffusersPrior(Prior):
     def eps_flat(self, z: Tensor, t: Tensor, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         """ε_θ(z, t, c). Class-conditional priors: ε_c for g = 1; classifier-free guidance
         ε_u + g(ε_c − ε_u) otherwise, in one network call on a batch of 2N ([conditional; null class]);
-        ε_u (null class) when `cond` is None. Unconditional priors ignore `cond` and `guidance_scale`."""
+        ε_u (null class) when `cond` is None. Unconditional priors ignore `cond` and `guidance_scale`.
+        Text-conditioned priors: `cond` holds prompt ids (`prompt_ids`), the negative prompt is the
+        unconditional branch (`vipaint.priors.prompts.text_guided_eps`)."""
+        if self.prompts is not None:
+            return text_guided_eps(self._net, z, t, cond, guidance_scale, self.prompts)
         return guided_eps(self._net, z, t, cond, guidance_scale, self.num_classes)
 
     # -- codec -----------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ Folder layouts (diffusers `save_pretrained` of a pipeline; the first that matche
 2. no index: `unet/` (class from its config's `_class_name`) or `transformer/` (DiT); codec `vae/`
    (class from its config, default AutoencoderKL) or `vqvae/` (VQModel).
 3. a bare model: `config.json` (class from `_class_name`) + `scheduler_config.json` at the root.
-Always `scheduler/` (any VP scheduler config: DDPM, DDIM, ...; or `FlowMatchEulerDiscreteScheduler`), and
-for `UNet2DConditionModel` a `class_embedder/` folder (see `vipaint.priors.denoisers`). A UNet2DModel folder's
+Always `scheduler/` (any VP scheduler config: DDPM, DDIM, PNDM, ...; or `FlowMatchEulerDiscreteScheduler`), and
+for `UNet2DConditionModel` either a `class_embedder/` folder (see `vipaint.priors.denoisers`) or, for Stable
+Diffusion 1.x/2.x pipelines, `text_encoder/` + `tokenizer/`; SD3/3.5 pipelines (`SD3Transformer2DModel`) bring
+two or three text encoders (`vipaint.priors.text`) and a flow-matching scheduler. A UNet2DModel folder's
 `attention_heads.json` (written by `vipaint convert-ldm` for lsun_churches256) is applied on load
 (`apply_attention_heads`). CompVis checkpoints are converted into these layouts by `vipaint convert-ldm`
 (docs/convert.md).
@@ -37,6 +39,8 @@ from vipaint.priors.denoisers import (
     CrossAttnUNetDenoiser,
     Denoiser,
     DiTDenoiser,
+    SD3Denoiser,
+    TextUNetDenoiser,
     UNetDenoiser,
 )
 
@@ -99,7 +103,9 @@ def _missing(path: str, detail: str, hint: str | None = None) -> PriorNotFoundEr
     lines = [f"Weights for prior '{path}' could not be loaded ({detail}).",
              "  Expected a diffusers folder: `scheduler/` + a denoiser (`unet/` UNet2DModel, `unet/` "
              "UNet2DConditionModel + `class_embedder/`, or `transformer/` DiT) [+ `vae/` AutoencoderKL or "
-             "`vqvae/` VQModel], or a bare UNet (config.json + scheduler_config.json)."]
+             "`vqvae/` VQModel], or a bare UNet (config.json + scheduler_config.json); or a Stable Diffusion "
+             "pipeline folder (model_index.json, unet/ or transformer/, vae/, text_encoder*/, tokenizer*/, "
+             "scheduler/)."]
     if hint:
         lines.append("  " + hint.strip().replace("\n", "\n  "))
     if not _looks_local(path):
@@ -235,13 +241,24 @@ class LoadedComponents:
     codec: nn.Module | None
     codec_kind: str
     vq_config_scaling: float | None = None
+    text: Any = None       # a vipaint.priors.text.TextEncoder for Stable Diffusion pipelines
 
 
-def load_components(path: str, *, local_files_only: bool | None = None,
-                    download_hint: str | None = None) -> LoadedComponents:
+def _text_kind(src: _Source, den_kind: str) -> str | None:
+    """"sd3", "clip" (an SD 1.x/2.x UNet with `text_encoder/`) or None (no text conditioning)."""
+    if den_kind == "sd3":
+        return "sd3"
+    index = src.json("model_index.json") or {}
+    listed = isinstance(index.get("text_encoder"), list) and isinstance(index["text_encoder"][1], str)
+    return "clip" if den_kind == "unet_cond" and (listed or src.exists("text_encoder/config.json")) else None
+
+
+def load_components(path: str, *, local_files_only: bool | None = None, download_hint: str | None = None,
+                    text_options: dict[str, Any] | None = None) -> LoadedComponents:
     """Find the layout of the prior at `path` (a folder or a Hub id, cache included) and load its components
     with `from_pretrained`. Missing files raise `PriorNotFoundError` saying what to download and where
-    (`download_hint` is appended); `local_files_only` None follows HF_HUB_OFFLINE."""
+    (`download_hint` is appended); `local_files_only` None follows HF_HUB_OFFLINE. `text_options`: keyword
+    options of `vipaint.priors.text.load_text_encoder` (device, dtype, drop_t5, max_sequence_length)."""
     diffusers = import_diffusers()
     path = str(path)
     lfo = local_files_only if local_files_only is not None else _offline()
@@ -261,6 +278,11 @@ def load_components(path: str, *, local_files_only: bool | None = None,
                                  f"DiT (ada_norm_zero) transformers are supported")
             model = diffusers.DiTTransformer2DModel.from_pretrained(src.target, **sub_kw(den_sub))
             denoiser: Denoiser = DiTDenoiser(model)
+        elif kind == "sd3":
+            model = diffusers.SD3Transformer2DModel.from_pretrained(src.target, **sub_kw(den_sub))
+            denoiser = SD3Denoiser(model)
+        elif kind == "unet_cond" and _text_kind(src, kind) == "clip":
+            denoiser = TextUNetDenoiser(diffusers.UNet2DConditionModel.from_pretrained(src.target, **sub_kw(den_sub)))
         elif kind == "unet_cond":
             model = diffusers.UNet2DConditionModel.from_pretrained(src.target, **sub_kw(den_sub))
             if not src.exists(f"class_embedder/{CLASS_EMBEDDER_CONFIG}"):
@@ -289,9 +311,17 @@ def load_components(path: str, *, local_files_only: bool | None = None,
             codec = cls.from_pretrained(src.target, subfolder=csub, **kw)
             if codec_kind == "vq":
                 vq_scale = (src.json(f"{csub}/config.json") or {}).get("scaling_factor")
+        text = None
+        text_kind = _text_kind(src, kind)
+        if text_kind is not None:
+            from vipaint.priors.text import load_text_encoder
+
+            joint = getattr(denoiser.config, "joint_attention_dim", None)
+            text = load_text_encoder(src.target, src.json("model_index.json"), text_kind, local_files_only=lfo,
+                                     joint_attention_dim=joint, **(text_options or {}))
     except OSError as err:
         damaged = _damaged(path, err)
         if damaged is not None:
             raise damaged from err
         raise _missing(path, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}", download_hint) from err
-    return LoadedComponents(denoiser, sched, codec, codec_kind, vq_scale)
+    return LoadedComponents(denoiser, sched, codec, codec_kind, vq_scale, text)
