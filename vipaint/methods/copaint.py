@@ -28,7 +28,13 @@ the DDIM update, and x_t is clamped at the end.
 
 NFE counts every network call (≥ 1 + n_opt per step: the accepted check's pass is reused as the next
 iteration's graph, where the official code recomputes it); n_backprop = n_opt per optimisation.
-Inpainting operators and pixel priors only.
+Inpainting operators only.
+
+Latent priors (docs/algorithm.md §10.6, eq. 10.6b): the data term is taken on the decoded estimate,
+‖M ⊙ (y − D(ẑ0(z_t)))‖², backpropagating through decoder and network; the regulariser stays on the optimised
+variable, c_reg ‖z_t − z_t^orig‖² (a noisy latent has no image to decode). Every loss evaluation decodes once,
+so n_decode = NFE + 1 (the last decode is the output D(z)). The constants are the pixel ones, untuned for
+latents; latent ẑ0 and z are never clamped.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from torch import Tensor
 
 from vipaint.diffusion import bcast, ddim_step, tweedie_x0
 from vipaint.methods.base import MethodResult, Progress
-from vipaint.methods.steps import finish, forward_jump, jump_schedule, level_times
+from vipaint.methods.steps import finish, forward_jump, jump_schedule, level_times, pixel_clip
 from vipaint.operators import Inpainting, LinearOperator
 from vipaint.priors.base import Prior
 from vipaint.sampling import CLEAN, abar
@@ -53,7 +59,8 @@ COPAINT_CONFIGS: dict[str, tuple[float, float]] = {
 
 
 def _loss(x: Tensor, x0: Tensor, origin: Tensor, y: Tensor, m: Tensor, coef: float) -> Tensor:
-    """L per sample and image [S, B]: ‖M ⊙ (y − x̂0)‖² + c_reg ‖x − x^orig‖² (sums, as in the code)."""
+    """L per sample and image [S, B]: ‖M ⊙ (y − x̂0)‖² + c_reg ‖x − x^orig‖² (sums, as in the code); x̂0 the
+    decoded estimate on a latent prior."""
     return (m * (y - x0)).flatten(2).square().sum(-1) + coef * (x - origin).flatten(2).square().sum(-1)
 
 
@@ -61,9 +68,11 @@ def optimize_xt(prior: Prior, z: Tensor, t: int, y: Tensor, m: Tensor, *, lr: fl
                 adaptive: bool = True, max_backtracks: int = 30, clip_x0: bool = False,
                 cond: Tensor | None = None, guidance_scale: float = 1.0
                 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """`n_opt` per-sample gradient steps on x_t [S, B, ...] (CoPaint eq. 10 with the adaptive rule).
+    """`n_opt` per-sample gradient steps on x_t [S, B, ...] (CoPaint eq. 10 with the adaptive rule;
+    docs/algorithm.md §10.6, eq. 10.6 for pixel priors, 10.6b through the decoder for latent ones).
 
-    Returns the optimised x_t, its ε̂ and x̂0 (detached) and the number of network calls."""
+    Returns the optimised x_t, its ε̂ and x̂0 (detached; latents for a latent prior) and the number of network
+    calls (each with one decoder call on a latent prior)."""
     ab = abar(prior, t, z)
     origin = z.detach()
 
@@ -71,7 +80,8 @@ def optimize_xt(prior: Prior, z: Tensor, t: int, y: Tensor, m: Tensor, *, lr: fl
         e = prior.eps(x, t, cond, guidance_scale)
         x0 = tweedie_x0(x, e, ab)
         x0 = x0.clamp(-1, 1) if clip_x0 else x0
-        return e, x0, _loss(x, x0, origin, y, m, coef)
+        image = prior.decode(x0) if prior.is_latent else x0                 # latent: D(ẑ0), eq. 10.6b
+        return e, x0, _loss(x, image, origin, y, m, coef)
 
     x = origin.clone().requires_grad_(True)
     lrs = torch.full(z.shape[:2], float(lr), device=z.device, dtype=z.dtype)     # one step size per sample
@@ -100,7 +110,7 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
             config: str = "imagenet", coef_reg: float | None = None, coef_reg_decay: float | None = None,
             max_backtracks: int = 30,
             time_travel: bool = False, jump_length: int = 10, jump_n_sample: int = 2,
-            optimize_before_travel: bool = True, clip_x0: bool = True,
+            optimize_before_travel: bool = True, clip_x0: bool | None = None,
             guidance_scale: float = 1.0) -> MethodResult:
     """CoPaint (or CoPaint-TT with `time_travel=True`) samples [S, B, C, H, W] for masked y [B, C, H, W].
 
@@ -116,11 +126,12 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         max_backtracks: cap on the retries of one gradient step.
         time_travel, jump_length, jump_n_sample, optimize_before_travel: CoPaint-TT settings.
         clip_x0: clamp x̂0 to [−1, 1] in the loss and update and x_t at the end (official on; it zeroes
-            the gradient of clipped pixels).
-        guidance_scale: classifier-free guidance for class-conditional priors.
+            the gradient of clipped pixels); None: on for pixel priors, off for latent ones (True on a
+            latent prior raises).
+        guidance_scale: classifier-free guidance for class-conditional and text-conditioned priors.
 
     Raises:
-        ValueError: for a non-inpainting operator, a latent prior or an unknown config.
+        ValueError: for a non-inpainting operator, an unknown config, or clip_x0=True on a latent prior.
     """
     if config not in COPAINT_CONFIGS:
         raise ValueError(f"unknown CoPaint config {config!r}; use one of {sorted(COPAINT_CONFIGS)}")
@@ -128,8 +139,7 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     coef_reg_decay = COPAINT_CONFIGS[config][1] if coef_reg_decay is None else coef_reg_decay
     if not isinstance(operator, Inpainting):
         raise ValueError(f"copaint only solves inpainting (an Inpainting operator); got {type(operator).__name__}")
-    if prior.is_latent:
-        raise ValueError("copaint needs a pixel prior")
+    clip_x0 = pixel_clip(clip_x0, prior.is_latent, "copaint")
     s, shape, m = n_samples, tuple(prior.latent_shape), operator.mask
     times = level_times(prior, n_steps)
     levels = jump_schedule(len(times), jump_length, jump_n_sample) if time_travel else \
@@ -161,6 +171,9 @@ def copaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
         done += 1
         bar(done, n_rev)
     z = z.clamp(-1.0, 1.0) if clip_x0 else z                              # official: x_t clamped at the end
+    if prior.is_latent:
+        with torch.no_grad():
+            z = prior.decode(z)
     return finish(z, nfe=nfe, n_backprop=nbp)
 
 

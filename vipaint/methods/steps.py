@@ -1,5 +1,6 @@
 """Helpers the peer methods share: their time grids, RePaint-style time travel, the per-sample residual
-norm, wrapping samples into a `MethodResult`, and counting a prior's decoder / encoder calls.
+norm, wrapping samples into a `MethodResult`, the `clip_x0` default, and counting a prior's decoder /
+encoder calls.
 
 Times follow `vipaint.sampling`'s convention: network times t ≥ 0 index ᾱ_t, `CLEAN` = −1 is the clean
 image (ᾱ = 1). `spaced_times(T, n)` gives n network times T−1 = τ_{n−1} > … > τ_0 = 0 (guided-diffusion's
@@ -20,7 +21,7 @@ from vipaint.methods.base import MethodResult
 from vipaint.priors.base import Prior
 
 __all__ = ["spaced_times", "level_times", "jump_schedule", "forward_jump", "residual_norm", "finish",
-           "CodecCounts", "count_codec"]
+           "pixel_clip", "CodecCounts", "count_codec"]
 
 
 def spaced_times(num_timesteps: int, n_steps: int | None) -> list[int]:
@@ -79,6 +80,17 @@ def finish(samples: Tensor, nfe: int, n_backprop: int, traces: dict[str, Tensor]
     reasons = ["non-finite samples" if f else "" for f in bad.tolist()]
     return MethodResult(samples=samples, nfe=nfe, n_backprop=n_backprop, failed=bad, reasons=reasons,
                         traces=traces or {})
+
+
+def pixel_clip(clip_x0: bool | None, latent: bool, method: str) -> bool:
+    """Resolve a `clip_x0` option (docs/algorithm.md §10.0): None → on for pixel priors, off for latent ones;
+    True on a latent prior is refused, since [−1, 1] is a pixel range and latents are never clamped."""
+    if clip_x0 is None:
+        return not latent
+    if clip_x0 and latent:
+        raise ValueError(f"{method}: clip_x0 clamps x̂0 to the pixel range [−1, 1] and is not defined for a latent "
+                         f"prior; leave it None (off) or pass False")
+    return bool(clip_x0)
 
 
 @dataclass
