@@ -114,7 +114,8 @@ def flow_priors(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind,method", [("pixel", m) for m in ("dps", "repaint", "copaint", "vipaint")] +
-                         [("latent", m) for m in ("dps", "psld", "reddiff", "ddnm", "prior", "vipaint")])
+                         [("latent", m) for m in ("dps", "psld", "reddiff", "ddnm", "prior", "vipaint", "repaint",
+                                                  "copaint")])
 def test_tiny_flow_unets_end_to_end(flow_priors, kind, method):
     prior = flow_priors[kind]
     assert prior.noise_path == "flow"

@@ -182,7 +182,8 @@ TINY = {"dps": dict(n_steps=3), "reddiff": dict(n_steps=3), "ddnm": dict(n_steps
 
 
 @pytest.mark.parametrize("kind,method", [("pixel", m) for m in TINY if m != "psld"] +
-                         [("latent", m) for m in ("dps", "psld", "reddiff", "ddnm", "prior")])
+                         [("latent", m) for m in ("dps", "psld", "reddiff", "ddnm", "prior", "repaint", "copaint",
+                                                  "copaint_tt")])
 def test_tiny_diffusers_end_to_end(tiny_priors: dict, kind: str, method: str) -> None:
     prior = tiny_priors[kind]
     c, h, w = prior.image_shape

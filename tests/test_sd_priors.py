@@ -21,8 +21,10 @@ NAMES = ("sd1", "sd2v", "sd3")
 FAST = {"vipaint": dict(iterations=2, n_mc=1, refine_steps=2, refine_guidance=2.0, fit_guidance=1.5),
         "dps": dict(n_steps=3, guidance_scale=2.0), "psld": dict(n_steps=3, guidance_scale=2.0),
         "reddiff": dict(n_steps=3, guidance_scale=2.0), "ddnm": dict(n_steps=3, guidance_scale=2.0),
-        "prior": dict(n_steps=3, guidance_scale=2.0)}
-PIXEL_ONLY = {"repaint": dict(t_T=4, jump_length=2, jump_n_sample=2), "copaint": dict(n_steps=3)}
+        "prior": dict(n_steps=3, guidance_scale=2.0),
+        "repaint": dict(t_T=4, jump_length=2, jump_n_sample=2, guidance_scale=2.0),
+        "copaint": dict(n_steps=3, guidance_scale=2.0)}
+REPLACING = {"repaint": dict(t_T=4, jump_length=2, jump_n_sample=2), "copaint": dict(n_steps=3)}
 
 
 @pytest.fixture(scope="module")
@@ -130,21 +132,27 @@ def test_every_method_with_a_prompt_is_finite_and_batch_independent(sd_priors, n
     assert not torch.allclose(alone, other), "the prompt does not reach the method"
 
 
-@pytest.mark.parametrize("method", list(PIXEL_ONLY))
-def test_pixel_space_peers_refuse_a_latent_sd_prior(sd_priors, method):
-    """RePaint and CoPaint replace pixels at every step: defined for pixel priors only, they say so."""
-    prior = sd_priors["sd1"]
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("method", list(REPLACING))
+def test_replacing_peers_on_latent_sd_priors_count_codec_calls(sd_priors, name, method):
+    """RePaint blends latents (docs/algorithm.md §10.3b: one encoder call for E(fill(y)), one decoder call for
+    the output; "any" keeps more cells than "all"); CoPaint decodes ẑ0 at each network call (§10.6b)."""
+    prior = sd_priors[name]
     mask = torch.ones(1, 1, 16, 16)
-    mask[..., 4:12, 4:12] = 0
-    y = torch.zeros(1, 3, 16, 16)
-    with pytest.raises(ValueError, match="pixel prior"):
-        vipaint.solve(method, prior, Inpainting(mask), y, n_samples=1, cond=prior.prompt_ids(["a cat"]),
-                      **PIXEL_ONLY[method])
+    mask[..., 3:12, 4:12] = 0                     # rows 3 and 11 cut latent cells: "all" and "any" differ there
+    y = mask * (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1)
+    kw = dict(n_samples=1, seed=0, cond=prior.prompt_ids(["a cat"]), **REPLACING[method])
+    res = vipaint.solve_full(method, prior, Inpainting(mask), y, **kw)
+    assert torch.isfinite(res.samples).all() and res.samples.shape == (1, 1, 3, 16, 16)
+    assert (res.n_decode, res.n_encode) == ((1, 1) if method == "repaint" else (res.nfe + 1, 0))
+    if method == "repaint":
+        other = vipaint.solve_full(method, prior, Inpainting(mask), y, latent_mask="any", **kw)
+        assert not torch.allclose(res.samples, other.samples)
 
 
-@pytest.mark.parametrize("method", list(PIXEL_ONLY))
+@pytest.mark.parametrize("method", list(REPLACING))
 def test_pixel_space_peers_with_a_prompt_on_a_text_conditioned_pixel_prior(text_pixel_folder, method):
-    """RePaint and CoPaint take prompts too, where they apply (a pixel prior): finite, batch-independent,
+    """RePaint and CoPaint take prompts on a text-conditioned pixel prior too: finite, batch-independent,
     prompt-dependent."""
     prior = DiffusersPrior(text_pixel_folder)
     assert prior.is_text_conditioned and not prior.is_latent
@@ -153,7 +161,7 @@ def test_pixel_space_peers_with_a_prompt_on_a_text_conditioned_pixel_prior(text_
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
     op = Inpainting(mask, sigma_y=0.05)
     y = op.observe(x, ImageRNG(0, [0, 1], "observation"))
-    kw = {**PIXEL_ONLY[method], "guidance_scale": 2.0}
+    kw = {**REPLACING[method], "guidance_scale": 2.0}
     cond = prior.prompt_ids(["a red cat", "a dog"], "blurry")
     both = vipaint.solve(method, prior, op, y, n_samples=2, seed=3, indices=[0, 1], cond=cond, **kw)
     alone = vipaint.solve(method, prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
