@@ -135,8 +135,9 @@ def test_every_method_with_a_prompt_is_finite_and_batch_independent(sd_priors, n
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("method", list(REPLACING))
 def test_replacing_peers_on_latent_sd_priors_count_codec_calls(sd_priors, name, method):
-    """RePaint blends latents (docs/algorithm.md §10.3b: one encoder call for E(fill(y)), one decoder call for
-    the output; "any" keeps more cells than "all"); CoPaint decodes ẑ0 at each network call (§10.6b)."""
+    """RePaint blends latents (docs/algorithm.md §10.3, eq. 10.3b: one encoder call for E(fill(y)), one decoder
+    call for the output; "any" keeps more cells than "all"); CoPaint decodes ẑ0 at each network call (§10.6,
+    eq. 10.6b)."""
     prior = sd_priors[name]
     mask = torch.ones(1, 1, 16, 16)
     mask[..., 3:12, 4:12] = 0                     # rows 3 and 11 cut latent cells: "all" and "any" differ there
