@@ -203,7 +203,8 @@ FAST = {"vipaint": {"iterations": 2, "n_mc": 2, "refine_steps": 2}, "dps": {"n_s
 
 
 @pytest.mark.parametrize("kind,method", [("pixel", m) for m in FAST if m != "psld"] +
-                         [("latent", m) for m in ("vipaint", "dps", "psld", "reddiff", "ddnm", "prior")])
+                         [("latent", m) for m in ("vipaint", "dps", "psld", "reddiff", "ddnm", "prior", "repaint",
+                                                  "copaint")])
 def test_every_method_through_the_cli(tmp_path, kind, method, tiny_pixel_prior, tiny_imagefolder,
                                       tiny_latent_prior, tiny_imagefolder16):
     prior, images = (tiny_pixel_prior, tiny_imagefolder) if kind == "pixel" else (tiny_latent_prior, tiny_imagefolder16)
