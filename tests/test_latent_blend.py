@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import vipaint
 from vipaint.methods.blend import fill_holes, latent_grid_mask
-from vipaint.operators import Inpainting
+from vipaint.operators import Downsample, Inpainting
 from vipaint.priors import SyntheticMixturePrior
 from vipaint.seeding import ImageRNG
 
@@ -149,3 +149,11 @@ def test_local_codec_pastes_known_cells_exactly_and_the_rules_differ_on_partial_
     c = fill_holes(mask, y)[0, 0, 0, 0]
     assert torch.equal(out_any[..., 0, 0], c.expand(2, 1, 1)) and not torch.equal(out_all[..., 0, 0],
                                                                                     c.expand(2, 1, 1))
+
+
+@pytest.mark.parametrize("method", ["repaint", "copaint", "copaint_tt"])
+def test_non_inpainting_operators_are_refused_on_latent_priors(problem, method):
+    _, latent, _, y = problem
+    op = Downsample(factor=2, sigma_y=0.05)
+    with pytest.raises(ValueError, match="only solves inpainting"):
+        vipaint.solve(method, latent, op, op(y), n_samples=1)
