@@ -178,7 +178,7 @@ class PredictionWriter(BasePredictionWriter):
                            batch_idx: int, dataloader_idx: int) -> None:
         ds = getattr(trainer, "datamodule", None)
         ds = ds.full_dataset() if isinstance(ds, InverseProblemDataModule) else None
-        fps = None if ds is None else [ds.fingerprint(i) for i in prediction.index.tolist()]
+        fps = None if ds is None else [ds.fingerprint(ds.position(i)) for i in prediction.index.tolist()]
         self.write(prediction, fingerprints=fps)
 
     def write(self, prediction: Prediction, *, fingerprints: list[dict[str, str]] | None = None) -> None:
@@ -218,7 +218,7 @@ class PredictionWriter(BasePredictionWriter):
         dm = getattr(trainer, "datamodule", None)
         if not isinstance(dm, InverseProblemDataModule) or dm.dataset is None:
             return None
-        indices = list(range(len(dm.dataset)))
+        indices = [dm.dataset.index_of(p) for p in range(len(dm.dataset))]
         for i in indices:
             if (self.output_dir / "metrics" / f"{i:06d}.json").exists():
                 self._loadable(i)
@@ -299,6 +299,8 @@ def run_settings(pl_module, datamodule=None) -> dict:
         if dh.get("resize", "crop") != "crop":   # recorded only when not the default, so older folders still match
             out["data"]["resize"] = dh["resize"]
         out["data"]["masks"] = [repr(m) for m in (getattr(datamodule, "masks", None) or [])]
+        if dh.get("start") is not None:      # the global index map of a benchmark split (not the split itself)
+            out["data"]["index_map"] = "row*masks+mask"
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
