@@ -2,6 +2,8 @@
 
 Files under `output_dir` (written by the rank that processed the image, atomically):
     samples/<index>.npz   samples [S, C, H, W], composite, observation y, ground truth, mask, ELBO trace
+    samples_u8/<index>.npz with `save_u8`: composites, ground truth and mask as uint8 (`vipaint.samples_u8`;
+                          small enough to commit, and a resume counts an index with it as done)
     panels/<index>.png    observation | samples | ground truth
     features/<index>.pt   FID features of ground truth, composites and raw samples (`vipaint.bench.features`)
     timing/<index>.json   wall-clock seconds per image of its batch (kept out of metrics/, which must not
@@ -45,6 +47,7 @@ from vipaint.methods import METHODS
 from vipaint.provenance import atomic_write, clean_temporary, folder_hashes, load_problem, move_aside, prior_folder
 from vipaint.report import build_report, panel
 from vipaint.run_log import configure_wandb, log_run, observation_records, run_metric_networks
+from vipaint.samples_u8 import save_u8
 
 if TYPE_CHECKING:
     from vipaint.module import Prediction
@@ -82,8 +85,9 @@ class PredictionWriter(BasePredictionWriter):
     """
 
     def __init__(self, output_dir: str = "results/{method}", *, max_panel_samples: int = 4, log_images: int = 16,
-                 fid: bool = True, fid_raw: bool = True, perceptual: str = "auto") -> None:
+                 fid: bool = True, fid_raw: bool = True, perceptual: str = "auto", save_u8: bool = False) -> None:
         super().__init__(write_interval="batch")
+        self.save_u8 = save_u8
         self.template = str(output_dir)
         self.max_panel_samples, self.log_images = max_panel_samples, log_images
         self.fid, self.fid_raw, self.perceptual = fid, fid_raw, perceptual
@@ -161,6 +165,8 @@ class PredictionWriter(BasePredictionWriter):
         """Whether the metrics and samples files of `index` load; damaged ones are moved aside."""
         name = f"{index:06d}"
         files = [self.output_dir / "metrics" / f"{name}.json", self.output_dir / "samples" / f"{name}.npz"]
+        if not files[1].exists() and (self.output_dir / "samples_u8" / f"{name}.npz").exists():
+            files[1] = self.output_dir / "samples_u8" / f"{name}.npz"       # a committed run, continued
         problems = [(p, load_problem(p) if p.exists() else "missing") for p in files]
         if all(why is None for _, why in problems):
             return True
@@ -200,6 +206,10 @@ class PredictionWriter(BasePredictionWriter):
                       "mask": p.mask[b]}
             arrays.update({f"trace_{k}": v[:, b] for k, v in res.traces.items()})
             _atomic(self.output_dir / "samples" / f"{name}.npz", partial(_save_npz, arrays=arrays))
+            if self.save_u8:
+                (self.output_dir / "samples_u8").mkdir(exist_ok=True)
+                _atomic(self.output_dir / "samples_u8" / f"{name}.npz",
+                        partial(save_u8, composite=p.composite[:, b], image=p.image[b], mask=p.mask[b]))
             img = panel(p.y[b], p.mask[b], p.composite[:self.max_panel_samples, b], p.image[b], operator=p.operator)
             _atomic(self.output_dir / "panels" / f"{name}.png", partial(img.save, format="PNG"))
             rec = {"index": index, "mask": p.mask_name[b], "path": p.path[b], "nfe": res.nfe,

@@ -31,6 +31,7 @@ def run_methods(spec: dict, out: Path) -> dict[str, dict]:
     cli = build_cli(spec["config"], [str(o) for o in spec.get("overrides", [])])
     writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PredictionWriter))
     writer.fid = bool(spec.get("fid", True))       # no Inception in the predict path when the spec skips FID
+    writer.save_u8 = bool(spec.get("samples_u8", False))     # uint8 composites to commit beside the metrics
     return {name: run_method(cli, writer, name, dict(opts or {}), out / name)
             for name, opts in spec["methods"].items()}
 
