@@ -87,6 +87,7 @@ def test_splits_are_disjoint_and_a_tuned_setting_is_refused_on_its_rows(tmp_path
              "tuning": {"split": "validation", "start": 10, "num_images": 4, "source": "src",
                         "rows_sha256": val.sha256("src")}}
     check_tuned(tuned, "dps", test, "src")                     # disjoint: fine
+    check_tuned(tuned, "dps", val, "src")                      # its own rows: a reproduction, allowed
     with pytest.raises(ValueError, match="never reported on the images it was chosen on"):
         check_tuned(tuned, "dps", Split("test", 12, 5), "src")
     path = tmp_path / "dps.yaml"

@@ -99,7 +99,7 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
             check_tuned(tuned, f"{m}: {entry['tuned']}", split, source)
             t = tuned["tuning"]
             budgets.append({"method": m, "configurations": t["budget"]["configurations"],
-                            "nfe_cap": t["budget"]["nfe_cap"], "cpu_seconds": t["budget"]["cpu_seconds"],
+                            "nfe_cap": t["budget"]["nfe_cap"], "wall_seconds": t["budget"]["wall_seconds"],
                             "validation": f"{t['criterion']['metric']} = {t['value']:.4g}",
                             "chosen": json.dumps(tuned["model"]["method_options"], sort_keys=True)})
         items = _load(folder)
@@ -157,7 +157,7 @@ def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: li
              *md_table(per_mask, ["method", *masks]), ""]
     if budgets:
         lines += ["## Tuning budgets (validation split)", "",
-                  *md_table(budgets, ["method", "configurations", "nfe_cap", "cpu_seconds", "validation", "chosen"]),
+                  *md_table(budgets, ["method", "configurations", "nfe_cap", "wall_seconds", "validation", "chosen"]),
                   ""]
     lines += [f"![panels]({name}_panels.png)", "", f"![compute]({name}_compute.png)", ""]
     dest.mkdir(parents=True, exist_ok=True)

