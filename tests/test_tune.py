@@ -128,6 +128,8 @@ def test_uint8_samples_roundtrip(tmp_path):
     back = load_u8(tmp_path / "a.npz")
     assert (back["composite"] - x).abs().max() <= 1 / 255 + 1e-6
     assert torch.equal(back["mask"], (x[0] > 0).float())
+    save_u8(tmp_path / "b.npz", 1.5 * x, x[0], (x[0] > 0).float())     # an analytic prior's range: kept
+    assert (load_u8(tmp_path / "b.npz")["composite"] - 1.5 * x).abs().max() <= 3 / 255 / 2 + 1e-6
 
 
 def _fake_run(folder: Path, indices: list[int], offset: float) -> None:

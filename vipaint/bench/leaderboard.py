@@ -88,7 +88,7 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
     crit = (spec.get("tune") or {}).get("criterion", {})
     metric = crit.get("metric") if crit.get("metric") in PER_IMAGE else "psnr"
     higher = metric in HIGHER_BETTER if crit.get("metric") != metric else crit.get("goal") == "max"
-    budgets, data = [], {}
+    budgets, data, setting = [], {}, {}
     for m, entry in spec["methods"].items():
         folder = out / m
         if not (folder / "metrics").is_dir():
@@ -108,6 +108,7 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
             raise ValueError(f"{folder} holds indices {sorted(set(items) ^ want)[:5]}… outside / missing from the "
                              f"test split rows {split.start}…{split.rows[-1]}: tables come from the test split only")
         data[m] = items
+        setting[m] = "tuned" if isinstance(entry, dict) and entry.get("tuned") else "as given"
     if not data:
         raise FileNotFoundError(f"no method of {spec_path} has results in {out}")
     features, _ = feature_network(bool(spec.get("fid", True)))
@@ -122,7 +123,7 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
     per_obs = {m: np.array([data[m][i]["meta"][metric] for i in indices], dtype=float) for m in data}
     boot = paired_mean_bootstrap(per_obs, replicates)
     for rank, r in enumerate(rows, 1):
-        r["rank"] = rank
+        r["rank"], r["setting"] = rank, setting[r["method"]]
         if r["method"] != best:
             d = boot[r["method"]] - boot[best]
             r[f"delta_{metric}"] = r[metric] - rows[0][metric]
@@ -140,7 +141,8 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
 
 def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: list[dict], budgets: list[dict],
            metric: str, best: str, replicates: int, split, masks: list[str]) -> None:
-    cols = ["rank", "method", "images", metric, f"delta_{metric}", "delta_lo95", "delta_hi95", "p_best_better",
+    cols = ["rank", "method", "setting", "images", metric, f"delta_{metric}", "delta_lo95", "delta_hi95",
+            "p_best_better",
             *[c for c in ("fid", "kid", "lpips", "st_lpips", "psnr", "ssim", "exact_mean_rmse", "diversity_l2")
               if c != metric and any(c in r for r in rows)],
             "nfe", "nfe_decoder", "nfe_encoder", "s_per_image"]
@@ -153,7 +155,8 @@ def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: li
              f"{replicates} paired bootstrap resamples of the observations; p_best_better = share of resamples in "
              f"which {best} is better. nfe: network passes per sample (UNet); nfe_decoder / nfe_encoder: codec "
              "passes (– for a pixel prior); s_per_image: wall seconds per observation (all its samples) of the "
-             "run, on the machine that ran it.", "", f"## {metric} per mask type", "",
+             "run, on the machine that ran it. setting: tuned (chosen on the validation split) or as given in the "
+             "spec (the published setting, or a reference).", "", f"## {metric} per mask type", "",
              *md_table(per_mask, ["method", *masks]), ""]
     if budgets:
         lines += ["## Tuning budgets (validation split)", "",

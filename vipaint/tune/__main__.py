@@ -7,7 +7,11 @@ configurations for every method, the same cap on network passes), the seed and t
 
     tune: {prior: gaussian_mixture, methods: [dps, ddnm], configurations: 4, seed: 0, nfe_cap: 1000,
            split: validation, criterion: {metric: sliced_w2, goal: min, tie_break: psnr},
-           work: results/tune/gaussian_mixture}
+           fixed: {dps: {clip_x0: false}}, work: results/tune/gaussian_mixture}
+
+(`fixed`: options every configuration of a method gets, published one included: conventions of the prior,
+e.g. no [−1, 1] clamping for a prior whose images leave that range; the tuned knobs stay those of
+`vipaint.tune.spaces`.)
 
 Every configuration (`vipaint.tune.spaces`, `vipaint.tune.search`) runs through the benchmark's predict
 path into its own folder `<work>/<method>/c<NNN>/run/` (the writer resumes per image), is scored by the
@@ -60,6 +64,8 @@ def tune_method(name: str, spec: dict, cli, writer, tuned_dir: Path, spec_path: 
     criterion = Criterion(**t["criterion"])
     cap = t.get("nfe_cap")
     trials = propose(space, int(t["configurations"]), int(t.get("seed", 0)), cli.model.prior.num_timesteps, cap)
+    for trial in trials:       # the spec's fixed options of this method: conventions of its prior, not tuned
+        trial.options.update((t.get("fixed") or {}).get(name) or {})
     trials_path = tuned_dir / f"{name}.trials.csv"
     finished = {json.dumps(x.options, sort_keys=True): x for x in read_trials(trials_path)
                 if x.status != "pending" and x.split_sha256 == split_sha}
