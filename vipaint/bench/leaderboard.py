@@ -6,12 +6,14 @@ Reads the test-split run `python -m vipaint.bench --spec … --split test` left 
 method `metrics/<index>.json` (per-image metrics, UNet and codec passes), `samples_u8/<index>.npz` (uint8
 composites, `vipaint.samples_u8`) and `timing.json`, and the tuned YAMLs the spec names. Refuses a folder
 whose images are not exactly the test split's, or a tuned setting chosen on test rows. Writes
-`benchmarks/results/leaderboard/<name>.md` (ranked table, per-mask table, budgets), `<name>.json`,
+`benchmarks/results/leaderboard/<name>.md` (ranked table, per-mask table, budgets), `<name>_summary.md`
+(the ranked table alone, for `scripts/readme_tables.py`), `<name>.json`,
 `<name>_panels.png` and `<name>_compute.png` (the ranking metric against NFE and against seconds per image).
 
 Ranking: by the spec's tuning criterion when it is a per-image metric (else PSNR), with a paired bootstrap
 over the observations (the same resampled observations for every method) of the difference to the best
-method: its 95 % percentile interval and the share of resamples in which the best one stays better.
+method that is not a reference (`leaderboard: {references: [exact, prior]}` in the spec, these by
+default): its 95 % percentile interval and the share of resamples in which the best one stays better.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = ["leaderboard", "main", "paired_mean_bootstrap"]
 PER_IMAGE = ("sliced_w2", "exact_mean_rmse", "exact_std_ratio", "coverage90", "psnr", "ssim", "lpips",
              "st_lpips", "diversity_l2")
 HIGHER_BETTER = ("psnr", "ssim", "coverage90")
+REFERENCES = ("exact", "prior")     # shown and ranked, but never "the best method" the others are compared with
 
 
 def paired_mean_bootstrap(values: dict[str, np.ndarray], replicates: int = 1000,
@@ -115,7 +118,9 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
     rows = [_row(m, [its[i] for i in sorted(its)], out / m, features) for m, its in data.items()]
     sign = -1.0 if higher else 1.0
     rows.sort(key=lambda r: sign * r.get(metric, np.inf))
-    best = rows[0]["method"]
+    refs = set((spec.get("leaderboard") or {}).get("references", REFERENCES))
+    best_row = next((r for r in rows if r["method"] not in refs), rows[0])
+    best = best_row["method"]
     indices = sorted(data[best])
     for m in data:
         if sorted(data[m]) != indices:
@@ -126,7 +131,7 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
         r["rank"], r["setting"] = rank, setting[r["method"]]
         if r["method"] != best:
             d = boot[r["method"]] - boot[best]
-            r[f"delta_{metric}"] = r[metric] - rows[0][metric]
+            r[f"delta_{metric}"] = r[metric] - best_row[metric]
             r["delta_lo95"], r["delta_hi95"] = float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
             r["p_best_better"] = float((sign * d > 0).mean())
     masks = sorted({it["meta"]["mask"] for its in data.values() for it in its.values()})
@@ -153,8 +158,9 @@ def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: li
              *md_table(rows, cols), "",
              f"Ranked by {metric} (mean over observations). delta = method − {best}, with a 95 % interval from "
              f"{replicates} paired bootstrap resamples of the observations; p_best_better = share of resamples in "
-             f"which {best} is better. nfe: network passes per sample (UNet); nfe_decoder / nfe_encoder: codec "
-             "passes (– for a pixel prior); s_per_image: wall seconds per observation (all its samples) of the "
+             f"which {best} is better ({best}: the best method that is not a reference such as the exact "
+             "posterior or the prior). nfe: network passes per sample (UNet); nfe_decoder / nfe_encoder: codec "
+             "passes (0 for a pixel prior); s_per_image: wall seconds per observation (all its samples) of the "
              "run, on the machine that ran it. setting: tuned (chosen on the validation split) or as given in the "
              "spec (the published setting, or a reference).", "", f"## {metric} per mask type", "",
              *md_table(per_mask, ["method", *masks]), ""]
@@ -165,6 +171,7 @@ def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: li
     lines += [f"![panels]({name}_panels.png)", "", f"![compute]({name}_compute.png)", ""]
     dest.mkdir(parents=True, exist_ok=True)
     (dest / f"{name}.md").write_text("\n".join(lines))
+    (dest / f"{name}_summary.md").write_text("\n".join(md_table(rows, cols)) + "\n")    # one table, for the docs
     (dest / f"{name}.json").write_text(json.dumps({"spec": spec_path, "metric": metric, "rows": rows,
                                                   "per_mask": per_mask, "budgets": budgets}, indent=1))
     print("\n".join(lines))

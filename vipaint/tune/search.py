@@ -132,8 +132,10 @@ def read_trials(path: Path) -> list[Trial]:
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             pn = num(r["predicted_nfe"])
+            nfe = num(r["nfe"])
+            nfe = int(nfe) if nfe is not None and nfe.is_integer() else nfe
             out.append(Trial(int(r["config"]), json.loads(r["options"]), r["status"],
-                             None if pn is None else int(pn), num(r["nfe"]), num(r["value"]), num(r["tie_break"]),
+                             None if pn is None else int(pn), nfe, num(r["value"]), num(r["tie_break"]),
                              num(r["s_per_image"]), None if num(r["images"]) is None else int(num(r["images"])),
                              json.loads(r["metrics"] or "{}"), r["split_sha256"]))
     return out
