@@ -94,6 +94,10 @@ def test_splits_are_disjoint_and_a_tuned_setting_is_refused_on_its_rows(tmp_path
     path.write_text(yaml.safe_dump(tuned))
     assert method_options("dps", {"tuned": str(path), "n_steps": 50}, test, "src") == \
         {"method": "dps", "zeta": 0.3, "n_steps": 50}
+    with pytest.raises(ValueError, match="only on a declared split"):
+        method_options("dps", {"tuned": str(path)}, None, "src")
+    assert method_options("dps_published", {"published": "dps", "clip_x0": False}, None, "src") == \
+        {"method": "dps", "zeta": 0.5, "n_steps": 1000, "clip_x0": False}
     tuned["tuning"]["start"] = 0                                # edited by hand: the hash no longer matches
     with pytest.raises(ValueError, match="edited"):
         check_tuned(tuned, "dps", test, "src")

@@ -5,7 +5,8 @@
 
 With `--split` the spec's declared image rows are run (`vipaint.bench.splits`; a split other than test writes
 to `<out>_<split>`), and a method given as `{tuned: benchmarks/tuned/<prior>/<method>.yaml}` runs the tuned
-setting, refused when it was chosen on rows of that split.
+setting, refused when it was chosen on rows of that split; `{published: <search space>}` runs the published
+setting recorded in `vipaint.tune.spaces`.
 
 A spec names an experiment YAML (prior, data, masks), overrides, and the methods with their options.
 Each method runs through the same Lightning predict path as `vipaint predict` into
@@ -49,14 +50,13 @@ def main(argv: list[str] | None = None) -> None:
         spec["out"] = args.out
     elif split is not None and split.name != "test":
         spec["out"] = f"{spec.get('out', f'results/benchmarks/{Path(args.spec).stem}')}_{split.name}"
-    source = image_source(spec)
-    spec["methods"] = {k: method_options(k, v, split, source) for k, v in spec["methods"].items()}
     unknown = sorted(set(args.only or []) - set(spec["methods"]))
     if unknown:
         p.error(f"--only: {', '.join(unknown)} not in {args.spec} (its methods: {', '.join(spec['methods'])})")
     out = Path(spec.get("out", f"results/benchmarks/{Path(args.spec).stem}"))
     out.mkdir(parents=True, exist_ok=True)
-    to_run = {} if args.report_only else {k: dict(v) for k, v in spec["methods"].items()
+    source = image_source(spec) if split else ""       # tuned / published entries resolved for the methods run
+    to_run = {} if args.report_only else {k: method_options(k, v, split, source) for k, v in spec["methods"].items()
                                           if not args.only or k in args.only}
     timings = run_methods({**spec, "methods": to_run}, out) if to_run else {}
     # the table covers every method of the spec with outputs in `out` or rows in its results.json, so

@@ -111,7 +111,8 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
             raise ValueError(f"{folder} holds indices {sorted(set(items) ^ want)[:5]}… outside / missing from the "
                              f"test split rows {split.start}…{split.rows[-1]}: tables come from the test split only")
         data[m] = items
-        setting[m] = "tuned" if isinstance(entry, dict) and entry.get("tuned") else "as given"
+        entry = entry if isinstance(entry, dict) else {}
+        setting[m] = "tuned" if entry.get("tuned") else "published" if entry.get("published") else "as given"
     if not data:
         raise FileNotFoundError(f"no method of {spec_path} has results in {out}")
     features, _ = feature_network(bool(spec.get("fid", True)))
@@ -161,8 +162,9 @@ def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: li
              f"which {best} is better ({best}: the best method that is not a reference such as the exact "
              "posterior or the prior). nfe: network passes per sample (UNet); nfe_decoder / nfe_encoder: codec "
              "passes (0 for a pixel prior); s_per_image: wall seconds per observation (all its samples) of the "
-             "run, on the machine that ran it. setting: tuned (chosen on the validation split) or as given in the "
-             "spec (the published setting, or a reference).", "", f"## {metric} per mask type", "",
+             "run, on the machine that ran it. setting: tuned (chosen on the validation split), published (the "
+             "values of vipaint/tune/spaces.py, with the spec's fixed options) or as given in the spec.", "",
+             f"## {metric} per mask type", "",
              *md_table(per_mask, ["method", *masks]), ""]
     if budgets:
         lines += ["## Tuning budgets (validation split)", "",

@@ -101,12 +101,23 @@ def check_tuned(tuned: dict, where: str, split: Split, source: str) -> None:
 
 def method_options(name: str, opts: dict | None, split: Split | None, source: str) -> dict:
     """A spec's method entry as run options: `{tuned: PATH, ...}` becomes the tuned YAML's method and options
-    (explicit entries win), checked against `split` when the run is on a split."""
+    (checked against `split` when the run is on a split), `{published: SPACE, ...}` the published setting of
+    that search space (`vipaint.tune.spaces`, where the published values live); explicit entries win."""
+    from vipaint.tune.spaces import search_spaces
+
     opts = dict(opts or {})
+    space = opts.pop("published", None)
+    if space is not None:
+        spaces = search_spaces()
+        if space not in spaces:
+            raise ValueError(f"{name}: no search space {space!r} (spaces: {sorted(spaces)})")
+        opts = {"method": spaces[space].method, **spaces[space].published(), **opts}
     path = opts.pop("tuned", None)
     if path is None:
         return opts
+    if split is None:
+        raise ValueError(f"{name}: a tuned setting ({path}) runs only on a declared split (--split test), so that "
+                         "its images are checked against the ones it was tuned on")
     tuned = load_tuned(path)
-    if split is not None:
-        check_tuned(tuned, f"{name}: {path}", split, source)
+    check_tuned(tuned, f"{name}: {path}", split, source)
     return {"method": tuned["model"]["method"], **dict(tuned["model"].get("method_options") or {}), **opts}
