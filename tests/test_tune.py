@@ -222,3 +222,16 @@ def test_tuner_resumes_after_sigkill_and_its_yaml_reproduces_the_validation_scor
     proc = subprocess.run(bench + ["--split", "test"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0 and "never reported on the images it was chosen on" in proc.stderr
+
+
+def test_a_committed_tuned_yaml_is_a_predict_config():
+    """`vipaint predict --config experiments/… --config benchmarks/tuned/…` runs the tuned setting (its
+    `tuning` block is accepted and ignored)."""
+    from vipaint.lightning_cli import build_cli
+
+    tuned = ROOT / "benchmarks" / "tuned" / "gaussian_mixture" / "ddnm.yaml"
+    cli = build_cli(["--config", str(ROOT / "experiments" / "gaussian_mixture.yaml"), "--config", str(tuned),
+                     "--trainer.logger=false"], run=False, save_config_callback=None)
+    want = yaml.safe_load(tuned.read_text())["model"]
+    assert cli.model.method == want["method"] == "ddnm"
+    assert cli.model.method_options == want["method_options"]        # replaced, not merged with VIPaint's preset
