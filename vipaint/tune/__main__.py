@@ -70,13 +70,13 @@ def tune_method(name: str, spec: dict, cli, writer, tuned_dir: Path, spec_path: 
     finished = {json.dumps(x.options, sort_keys=True): x for x in read_trials(trials_path)
                 if x.status != "pending" and x.split_sha256 == split_sha}
     work = Path(t.get("work", f"results/tune/{t['prior']}")) / name
-    for i, trial in enumerate(trials):
+    for i, trial in enumerate(trials):          # first every configuration the trials file already has
         trial.split_sha256 = split_sha
         old = finished.get(json.dumps(trial.options, sort_keys=True))
         if old is not None and old.config == trial.config:
             trials[i] = old
             print(f"[tune] {name} c{trial.config:03d}: finished in {trials_path}, skipped")
-            continue
+    for trial in trials:
         if trial.status == "pending":
             folder = work / f"c{trial.config:03d}"
             print(f"[tune] {name} c{trial.config:03d}: {trial.options}")
@@ -84,8 +84,7 @@ def tune_method(name: str, spec: dict, cli, writer, tuned_dir: Path, spec_path: 
             _score(folder, trial, criterion, timing, spec)
             over = cap is not None and trial.nfe is not None and trial.nfe > cap
             trial.status = f"rejected: measured {trial.nfe} network passes > cap {cap}" if over else "done"
-        write_trials(trials_path, [x for x in trials[:i + 1]])
-    write_trials(trials_path, trials)
+        write_trials(trials_path, [x for x in trials if x.status != "pending"])   # never drops a finished row
     best = choose(trials, criterion)
     ran = [x for x in trials if x.status == "done" or x.status.startswith("rejected: measured")]
     tuned = {
