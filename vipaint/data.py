@@ -2,18 +2,19 @@
 
 Sources: a local image folder (optionally with paired masks, labels and prompts through `metadata.jsonl`
 `{"file_name": ..., "mask_file_name": ..., "class_id": ..., "prompt": ..., "negative_prompt": ...}`; see
-`vipaint.metadata`), a Hub dataset id through `datasets`, or samples of an analytic prior ("prior", given by
-`InverseProblemDataModule.set_prior`). Masks come from the files or from generators; with G generators the
-dataset is the product images × generators: item k = image k mod N, generator k div N. The DataModule yields
-only the pending indices (`skip_done`); each item keeps its dataset index, from which every per-image seed
-derives, so a resumed run computes what a full run does.
+`vipaint.metadata`), a Hub dataset id through `datasets`, or
+samples of an analytic prior ("prior", given by `InverseProblemDataModule.set_prior`). Masks come from the
+files or from generators; with G generators the dataset is the product images × generators: item k = image
+k mod N, generator k div N. With `start` set (a benchmark split), the images are rows start … start+N−1 and
+the dataset index is global, image row i × G + generator g, so an image's index, seeds and results do not
+depend on which split holds it. The DataModule yields only the pending indices (`skip_done`); each item keeps
+its dataset index, from which every per-image seed derives, so a resumed run computes what a full run does.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
@@ -21,10 +22,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vipaint.data_sources import DatasetNotFoundError, load_table
 from vipaint.imageio import RESIZE_POLICIES, fit_mask, fit_mask_to_image, load_image, read_image
 from vipaint.masks import FileMask, MaskGenerator, check_mask
 from vipaint.metadata import TEXT_COLUMNS, check_metadata
 from vipaint.provenance import sha256_bytes, sha256_file
+from vipaint.seeding import derive_seed
 
 if TYPE_CHECKING:
     from vipaint.priors.base import Prior
@@ -40,53 +43,6 @@ __all__ = [
 ]
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """The configured dataset is not available on this machine."""
-
-
-def _load_hub(datasets, source: str, split: str, cache_dir: str | None):
-    if source.startswith((".", "/", "~", "data/")):
-        raise DatasetNotFoundError(
-            f"dataset folder '{source}' does not exist. Create it with images (and an optional "
-            f"metadata.jsonl with mask_file_name/class_id columns), or set data.source.")
-    try:
-        return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
-    except Exception as err:  # datasets raises many types offline (ConnectionError, FileNotFoundError...)
-        raise DatasetNotFoundError(
-            f"dataset '{source}' could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:300]}).\n"
-            f"  * Hub datasets need a network or a filled cache ($HF_HOME / HF_DATASETS_CACHE); with "
-            f"HF_DATASETS_OFFLINE=1 nothing is downloaded.\n  * Or download the images elsewhere, copy "
-            f"them into a folder and set data.source to that folder.") from err
-
-
-def _load_hf(source: str, split: str, cache_dir: str | None):
-    import datasets
-
-    local = Path(source).expanduser()
-    if local.is_dir():
-        for meta in sorted(local.rglob("metadata.jsonl")):
-            check_metadata(meta)
-    if local.exists():
-        try:
-            ds = datasets.load_dataset("imagefolder", data_dir=str(local), cache_dir=cache_dir)
-        except Exception as err:
-            raise ValueError(f"image folder '{source}' could not be loaded ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:300] if str(err) else ''})") from err
-    else:
-        ds = {split: _load_hub(datasets, source, split, cache_dir)}   # only that split
-    if split not in ds:
-        if len(ds) == 1:
-            split = next(iter(ds))
-        else:
-            raise ValueError(f"dataset '{source}' has splits {list(ds)}, not '{split}'")
-    part = ds[split]
-    for col in list(part.features):
-        feat = part.features[col]
-        if type(feat).__name__ == "Image":
-            part = part.cast_column(col, datasets.Image(decode=False))
-    return part
-
-
 class InverseProblemDataset(Dataset):
     """Items {"image" [C,H,W], "mask" [1,H,W], "index", "image_index", "mask_name", "label", "path", "prompt",
     "negative_prompt"}: the prompts are the row's `prompt` / `negative_prompt` columns where set, else
@@ -95,25 +51,43 @@ class InverseProblemDataset(Dataset):
     def __init__(self, *, source: str, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = None, image_size: int | None = None, channels: int | None = None,
                  seed: int = 0, cache_dir: str | None = None, prior_samples: Tensor | None = None,
-                 resize: str = "crop", prompt: str = "", negative_prompt: str = "") -> None:
-        self.source, self.masks, self.seed = source, list(masks or []), seed
+                 resize: str = "crop", start: int | None = None, prompt: str = "", negative_prompt: str = "") -> None:
+        self.source, self.masks, self.seed, self.start = source, list(masks or []), seed, start
         self.text = {"prompt": str(prompt), "negative_prompt": str(negative_prompt)}
         self.image_size, self.channels, self.resize = image_size, channels, resize
         self.prior_samples = prior_samples
-        if prior_samples is not None:
+        if prior_samples is not None:     # one per image slot (with `start`: rows start, start+1, …)
             self.table = None
-            n = prior_samples.shape[0]
+            n = prior_samples.shape[0] + (start or 0)
         else:
-            self.table = _load_hf(source, split, cache_dir)
+            self.table = load_table(source, split, cache_dir)
             n = len(self.table)
             if "image" not in self.table.features:
                 raise ValueError(f"dataset '{source}' has no 'image' column (columns: {list(self.table.features)})")
             if not self.masks and "mask" not in self.table.features:
                 raise ValueError(f"dataset '{source}' has no 'mask' column (metadata.jsonl with mask_file_name); "
                                  f"configure data.masks generators instead")
-        self.n_images = min(n, num_images) if num_images is not None else n
-        if self.n_images == 0:
-            raise ValueError(f"dataset '{source}' is empty")
+        self.n_images = min(n - (start or 0), num_images) if num_images is not None else n - (start or 0)
+        if self.n_images <= 0:
+            raise ValueError(f"dataset '{source}' has no image at or after row {start or 0} (it has {n})")
+
+    def index_of(self, p: int) -> int:
+        """The dataset index of position p: p itself, or with `start` the global row × G + mask type."""
+        if self.start is None:
+            return p
+        return (self.start + p % self.n_images) * max(1, len(self.masks)) + p // self.n_images
+
+    def position(self, k: int) -> int:
+        """The position of dataset index k (inverse of `index_of`)."""
+        if self.start is None:
+            return k
+        row, g = divmod(k, max(1, len(self.masks)))
+        return (row - self.start) + g * self.n_images
+
+    def _row(self, p: int) -> tuple[int, int, int]:
+        """(image slot, global image row, mask type) of position p."""
+        i, g = p % self.n_images, p // self.n_images
+        return i, i + (self.start or 0), g
 
     def __len__(self) -> int:
         return self.n_images * max(1, len(self.masks))
@@ -125,20 +99,21 @@ class InverseProblemDataset(Dataset):
             return (v["path"] if v.get("bytes") is None else __import__("io").BytesIO(v["bytes"])), path
         return v, str(v)
 
-    def describe(self, k: int) -> tuple[str, str]:
-        """(image path, mask name) of item k, as `__getitem__` gives them, without decoding the image."""
-        i, g = k % self.n_images, k // self.n_images
-        path = f"prior sample {i}" if self.table is None else self._cell(self.table[i], "image")[1]
+    def describe(self, p: int) -> tuple[str, str]:
+        """(image path, mask name) of position p, as `__getitem__` gives them, without decoding the image."""
+        _, r, g = self._row(p)
+        path = f"prior sample {r}" if self.table is None else self._cell(self.table[r], "image")[1]
         return path, (self.masks[g].name if self.masks else "file")
 
-    def fingerprint(self, k: int) -> dict[str, str]:
-        """Content hashes of item k's input files, {"image_sha256": ..., "mask_sha256": ...} (a generated
+    def fingerprint(self, p: int) -> dict[str, str]:
+        """Content hashes of position p's input files, {"image_sha256": ..., "mask_sha256": ...} (a generated
         mask has none: the settings and the index determine it; a prior sample hashes its tensor), and its
         prompts where set ({"prompt": ..., "negative_prompt": ...}, non-empty ones only)."""
-        i, g = k % self.n_images, k // self.n_images
+        i, r, g = self._row(p)
+        k = self.index_of(p)
         if self.table is None:
             return {"image_sha256": sha256_bytes(self.prior_samples[i].float().contiguous().numpy().tobytes())}
-        row = self.table[i]
+        row = self.table[r]
         out = {"image_sha256": _cell_sha256(row["image"]), **self._text(row)}
         if self.masks:
             gen = self.masks[g]
@@ -154,15 +129,16 @@ class InverseProblemDataset(Dataset):
         text.update({c: str(row[c]) for c in TEXT_COLUMNS if row is not None and row.get(c) is not None})
         return {c: v for c, v in text.items() if v}
 
-    def __getitem__(self, k: int) -> dict:
-        if k < 0 or k >= len(self):
-            raise IndexError(k)
-        i, g = k % self.n_images, k // self.n_images
-        label, path, row = -1, f"prior sample {i}", None
+    def __getitem__(self, p: int) -> dict:
+        if p < 0 or p >= len(self):
+            raise IndexError(p)
+        i, r, g = self._row(p)
+        k = self.index_of(p)
+        label, path, row = -1, f"prior sample {r}", None
         if self.table is None:
             x = self.prior_samples[i].float()
         else:
-            row = self.table[i]
+            row = self.table[r]
             src, path = self._cell(row, "image")
             x, native, box = read_image(src, where=f"dataset index {k} (file {path})", size=self.image_size,
                                         channels=self.channels, resize=self.resize)
@@ -184,7 +160,7 @@ class InverseProblemDataset(Dataset):
             where = f"dataset index {k} (mask file {mpath})"
             m = load_image(msrc, where=where, channels=1)
             m, name = check_mask(_same_geometry(m, native, box, size, where=where, image=path), where=where), "file"
-        return {"image": x, "mask": m, "index": k, "image_index": i, "mask_name": name, "label": label,
+        return {"image": x, "mask": m, "index": k, "image_index": r, "mask_name": name, "label": label,
                 "path": path, **{c: "" for c in TEXT_COLUMNS}, **self._text(row)}
 
 
@@ -256,7 +232,11 @@ class InverseProblemDataModule(L.LightningDataModule):
             `VIPaintModule.setup` gives its own).
         split: dataset split (a plain folder has a single split, used whatever the name).
         masks: mask generators (the dataset becomes images × generators); None: masks from the files.
-        num_images: use the first N images (None: all).
+        num_images: use the first N images (None: all), or N images from row `start`.
+        start: None (the first images; dataset index image + N × mask type, as before splits existed) or the
+            first row of a benchmark split: rows start … start+N−1, global dataset index row × G + mask type
+            (G mask generators), and a prior source draws each row from its own seed, so an image's index,
+            ground truth, seeds and results do not depend on the split that holds it.
         image_size: resize to this square size (None: keep), after a centre crop to a square for images of
             another aspect ratio (`resize`); masks from files get the same geometry.
         resize: how an image of another aspect ratio is fitted: "crop" (centre crop), "stretch" or "none"
@@ -272,9 +252,11 @@ class InverseProblemDataModule(L.LightningDataModule):
     def __init__(self, source: str = "prior", *, split: str = "test", masks: list[MaskGenerator] | None = None,
                  num_images: int | None = 16, image_size: int | None = None, channels: int | None = None,
                  seed: int = 0, batch_size: int = 8, num_workers: int = 0, cache_dir: str | None = None,
-                 resize: str = "crop", prompt: str = "", negative_prompt: str = "") -> None:
+                 resize: str = "crop", start: int | None = None, prompt: str = "",
+                 negative_prompt: str = "") -> None:
         super().__init__()
         _check_count("num_images", num_images, low=1, none_ok=True)
+        _check_count("start", start, low=0, none_ok=True)
         _check_count("image_size", image_size, low=1, none_ok=True)
         _check_count("batch_size", batch_size, low=1)
         _check_count("num_workers", num_workers, low=0)
@@ -316,26 +298,31 @@ class InverseProblemDataModule(L.LightningDataModule):
             if self.prior is None or not hasattr(self.prior, "sample"):
                 raise ValueError("data source 'prior' needs an analytic prior (GaussianMixturePrior) in the model "
                                  "(InverseProblemDataModule.set_prior; VIPaintModule.setup passes its prior)")
-            g = torch.Generator().manual_seed(int(h.seed) + 7919)
-            samples = self.prior.sample(h.num_images or 16, g).cpu()
+            if h.get("start") is None:
+                samples = self.prior.sample(h.num_images or 16, torch.Generator().manual_seed(int(h.seed) + 7919)).cpu()
+            else:       # row r from its own stream: the same image whatever the split
+                rows = range(h.start, h.start + (h.num_images or 16))
+                samples = torch.cat([self.prior.sample(1, torch.Generator().manual_seed(
+                    derive_seed(h.seed, r, "prior_sample"))).cpu() for r in rows])
         self.dataset = InverseProblemDataset(source=h.source, split=h.split, masks=self.masks,
                                              num_images=h.num_images, image_size=h.image_size,
                                              channels=h.channels, seed=h.seed,
                                              cache_dir=h.cache_dir or os.environ.get("VIPAINT_DATA_CACHE"),
                                              prior_samples=samples, resize=h.get("resize", "crop"),
-                                             prompt=h.get("prompt", ""), negative_prompt=h.get("negative_prompt", ""))
+                                             start=h.get("start"), prompt=h.get("prompt", ""),
+                                             negative_prompt=h.get("negative_prompt", ""))
         return self.dataset
 
     def pending(self) -> list[int]:
-        """The dataset indices still to compute, in order."""
+        """The positions (`InverseProblemDataset.index_of` gives their dataset indices) still to compute, in order."""
         ds = self.full_dataset()
         if self.done is None:
             return list(range(len(ds)))
         out = []
-        for k in range(len(ds)):
-            path, mask = ds.describe(k)
-            if not self.done(k, path=path, mask=mask, fingerprint=ds.fingerprint(k)):
-                out.append(k)
+        for p in range(len(ds)):
+            path, mask = ds.describe(p)
+            if not self.done(ds.index_of(p), path=path, mask=mask, fingerprint=ds.fingerprint(p)):
+                out.append(p)
         return out
 
     def predict_dataloader(self) -> DataLoader:

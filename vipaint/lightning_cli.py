@@ -43,6 +43,9 @@ def _cli_class() -> type:
             super().__init__(*args, **kwargs)
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            # a tuned YAML of `python -m vipaint.tune` is a config file whose `tuning` records its provenance
+            parser.add_argument("--tuning", type=dict | None, default=None,
+                                help="provenance of a tuned setting (read by the benchmark runner; no effect)")
             if self._extra_arguments is not None:
                 self._extra_arguments(parser)
 

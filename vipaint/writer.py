@@ -2,6 +2,8 @@
 
 Files under `output_dir` (written by the rank that processed the image, atomically):
     samples/<index>.npz   samples [S, C, H, W], composite, observation y, ground truth, mask, ELBO trace
+    samples_u8/<index>.npz with `save_u8`: composites, ground truth and mask as uint8 (`vipaint.samples_u8`;
+                          small enough to commit, and a resume counts an index with it as done)
     panels/<index>.png    observation | samples | ground truth
     features/<index>.pt   FID features of ground truth, composites and raw samples (`vipaint.bench.features`)
     timing/<index>.json   wall-clock seconds per image of its batch (kept out of metrics/, which must not
@@ -25,7 +27,6 @@ index exactly once and gives the same FID/KID.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,18 +43,16 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from vipaint.api import InputError, check_options
 from vipaint.data import InverseProblemDataModule
 from vipaint.methods import METHODS
-from vipaint.provenance import atomic_write, clean_temporary, folder_hashes, load_problem, move_aside, prior_folder
+from vipaint.provenance import atomic_write, clean_temporary, load_problem, move_aside
 from vipaint.report import build_report, panel
 from vipaint.run_log import configure_wandb, log_run, observation_records, run_metric_networks
+from vipaint.run_settings import SettingsMismatchError, check_fingerprint, check_settings, run_settings
+from vipaint.samples_u8 import save_u8
 
 if TYPE_CHECKING:
     from vipaint.module import Prediction
 
-__all__ = ["PredictionWriter", "SettingsMismatchError"]
-
-
-class SettingsMismatchError(RuntimeError):
-    """A results folder holds results of other settings, inputs or index map than the run asked for."""
+__all__ = ["PredictionWriter", "SettingsMismatchError", "check_settings", "run_settings"]
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -82,8 +81,9 @@ class PredictionWriter(BasePredictionWriter):
     """
 
     def __init__(self, output_dir: str = "results/{method}", *, max_panel_samples: int = 4, log_images: int = 16,
-                 fid: bool = True, fid_raw: bool = True, perceptual: str = "auto") -> None:
+                 fid: bool = True, fid_raw: bool = True, perceptual: str = "auto", save_u8: bool = False) -> None:
         super().__init__(write_interval="batch")
+        self.save_u8 = save_u8
         self.template = str(output_dir)
         self.max_panel_samples, self.log_images = max_panel_samples, log_images
         self.fid, self.fid_raw, self.perceptual = fid, fid_raw, perceptual
@@ -161,6 +161,8 @@ class PredictionWriter(BasePredictionWriter):
         """Whether the metrics and samples files of `index` load; damaged ones are moved aside."""
         name = f"{index:06d}"
         files = [self.output_dir / "metrics" / f"{name}.json", self.output_dir / "samples" / f"{name}.npz"]
+        if not files[1].exists() and (self.output_dir / "samples_u8" / f"{name}.npz").exists():
+            files[1] = self.output_dir / "samples_u8" / f"{name}.npz"       # a committed run, continued
         problems = [(p, load_problem(p) if p.exists() else "missing") for p in files]
         if all(why is None for _, why in problems):
             return True
@@ -178,7 +180,7 @@ class PredictionWriter(BasePredictionWriter):
                            batch_idx: int, dataloader_idx: int) -> None:
         ds = getattr(trainer, "datamodule", None)
         ds = ds.full_dataset() if isinstance(ds, InverseProblemDataModule) else None
-        fps = None if ds is None else [ds.fingerprint(i) for i in prediction.index.tolist()]
+        fps = None if ds is None else [ds.fingerprint(ds.position(i)) for i in prediction.index.tolist()]
         self.write(prediction, fingerprints=fps)
 
     def write(self, prediction: Prediction, *, fingerprints: list[dict[str, str]] | None = None) -> None:
@@ -202,6 +204,10 @@ class PredictionWriter(BasePredictionWriter):
                       "mask": p.mask[b]}
             arrays.update({f"trace_{k}": v[:, b] for k, v in res.traces.items()})
             _atomic(self.output_dir / "samples" / f"{name}.npz", partial(_save_npz, arrays=arrays))
+            if self.save_u8:
+                (self.output_dir / "samples_u8").mkdir(exist_ok=True)
+                _atomic(self.output_dir / "samples_u8" / f"{name}.npz",
+                        partial(save_u8, composite=p.composite[:, b], image=p.image[b], mask=p.mask[b]))
             img = panel(p.y[b], p.mask[b], p.composite[:self.max_panel_samples, b], p.image[b], operator=p.operator)
             _atomic(self.output_dir / "panels" / f"{name}.png", partial(img.save, format="PNG"))
             rec = {"index": index, "mask": p.mask_name[b], "path": p.path[b], "nfe": res.nfe,
@@ -220,7 +226,7 @@ class PredictionWriter(BasePredictionWriter):
         dm = getattr(trainer, "datamodule", None)
         if not isinstance(dm, InverseProblemDataModule) or dm.dataset is None:
             return None
-        indices = list(range(len(dm.dataset)))
+        indices = [dm.dataset.index_of(p) for p in range(len(dm.dataset))]
         for i in indices:
             if (self.output_dir / "metrics" / f"{i:06d}.json").exists():
                 self._loadable(i)
@@ -271,42 +277,6 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
 
 
-def _prior_id(prior) -> dict:
-    """A prior is identified by its folder / Hub id when it has one, else by a hash of its tensors."""
-    if getattr(prior, "path", None):
-        out = {"class": type(prior).__name__, "path": str(prior.path)}
-        folder = prior_folder(str(prior.path))
-        if folder is not None:
-            out["files_sha256"] = folder_hashes(folder)   # weights and configs: a change under the same path shows
-        return out
-    h = hashlib.sha1()
-    for k, v in sorted(prior.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-    return {"class": type(prior).__name__, "sha1": h.hexdigest()}
-
-
-def run_settings(pl_module, datamodule=None) -> dict:
-    """Everything that changes an image's results, JSON-ready: not the batch size, device count or
-    num_images (results do not depend on them; with one mask type adding images to a run is a valid
-    resume, with several the index map changes and `PredictionWriter.is_done` stops the run)."""
-    hp = {k: v for k, v in dict(getattr(pl_module, "hparams", {})).items() if k not in ("method", "method_options")}
-    out = {"method": getattr(pl_module, "method", None),
-           "method_options": dict(getattr(pl_module, "method_options", {}) or {}),
-           "module": hp}
-    prior = getattr(pl_module, "prior", None)
-    if prior is not None:
-        out["prior"] = _prior_id(prior)
-    if datamodule is not None and hasattr(datamodule, "hparams"):
-        dh = dict(datamodule.hparams)
-        out["data"] = {k: dh.get(k) for k in ("source", "split", "image_size", "channels", "seed")}
-        if dh.get("resize", "crop") != "crop":   # recorded only when not the default, so older folders still match
-            out["data"]["resize"] = dh["resize"]
-        out["data"]["masks"] = [repr(m) for m in (getattr(datamodule, "masks", None) or [])]
-        out["data"].update({k: dh[k] for k in ("prompt", "negative_prompt") if dh.get(k)})   # only when set
-    return json.loads(json.dumps(out, sort_keys=True, default=str))
-
-
 def check_writable(output_dir: Path) -> None:
     """Stop before computing if the results folder cannot be written (e.g. read-only)."""
     for sub in ("", "samples", "panels", "metrics", "failed"):
@@ -331,26 +301,6 @@ def check_method_options(pl_module) -> None:
         check_options(method, prior, dict(getattr(pl_module, "method_options", None) or {}))
 
 
-def check_settings(output_dir: Path, settings: dict, *, write: bool = True) -> None:
-    """Stops if `settings.json` in the folder records other settings (a resume must not mix them); writes
-    it when absent and `write` is true."""
-    f = Path(output_dir) / "settings.json"
-    if f.exists():
-        old = json.loads(f.read_text())
-        if "files_sha256" not in (old.get("prior") or {}) and "files_sha256" in (settings.get("prior") or {}):
-            # a folder written before the hashes were recorded: compare what it records
-            settings = {**settings, "prior": {k: v for k, v in settings["prior"].items() if k != "files_sha256"}}
-        if old != settings:
-            detail = describe_changes(old, settings)
-            raise SettingsMismatchError(f"{output_dir} holds results made with other settings ({detail}). "
-                               f"Delete the folder or write to another output_dir.")
-        return
-    if not write:
-        return
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    _atomic(f, partial(Path.write_text, data=json.dumps(settings, indent=1, sort_keys=True)))
-
-
 def rank_throughput(output_dir: Path) -> str:
     """throughput.json (the ranks/<rank>.json of this run, in rank order) and its lines for the log."""
     recs = sorted((json.loads(p.read_text()) for p in (output_dir / "ranks").glob("*.json")), key=lambda r: r["rank"])
@@ -368,32 +318,3 @@ def _metric_share(rec: dict) -> str:
     if m is None or total <= 0:
         return ""
     return f"; FID features + perceptual distance {m:.1f} s ({100 * m / total:.0f} % of it)"
-
-
-def describe_changes(old: dict, new: dict) -> str:
-    """What differs between two settings records, e.g. `prior.files_sha256.unet/model.safetensors: changed`."""
-    parts = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if a == b:
-            continue
-        if k == "prior" and isinstance(a, dict) and isinstance(b, dict) and a.get("path") == b.get("path"):
-            fa, fb = a.get("files_sha256") or {}, b.get("files_sha256") or {}
-            files = [f"{name}: {'added' if name not in fa else 'removed' if name not in fb else 'changed'}"
-                     for name in sorted(set(fa) | set(fb)) if fa.get(name) != fb.get(name)]
-            rest = [x for x in sorted(set(a) | set(b)) if x != "files_sha256" and a.get(x) != b.get(x)]
-            parts += [f"prior file {x}" for x in files] + [f"prior.{x}: {a.get(x)} -> {b.get(x)}" for x in rest]
-        else:
-            parts.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
-    return "; ".join(parts)
-
-
-def check_fingerprint(f: Path, old: dict, fingerprint: dict[str, str] | None, *, index: int, path: str | None) -> None:
-    """Stop if an input file of `index` changed since its record `old` (from file `f`) was written."""
-    for key, value in (fingerprint or {}).items():
-        if key in old and old[key] != value:
-            what = {"image": "image file", "mask": "mask file"}.get(key.split("_")[0], key.replace("_", " "))
-            raise SettingsMismatchError(
-                f"{f}: the {what} of dataset index {index} ({path}) changed since it was computed ({key} "
-                f"{old[key][:12]}… -> {value[:12]}…). Write to a new folder, or delete {f} to recompute it.")
-

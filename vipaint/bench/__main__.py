@@ -1,6 +1,12 @@
 """Benchmark runner: several methods on the same prior, images, masks and seeds, then one table.
 
     python -m vipaint.bench --spec benchmarks/fashion_mnist.yaml [--out DIR] [--data.num_images=100 ...]
+    python -m vipaint.bench --spec benchmarks/gaussian_mixture_tune.yaml --split test
+
+With `--split` the spec's declared image rows are run (`vipaint.bench.splits`; a split other than test writes
+to `<out>_<split>`), and a method given as `{tuned: benchmarks/tuned/<prior>/<method>.yaml}` runs the tuned
+setting, refused when it was chosen on rows of that split; `{published: <search space>}` runs the published
+setting recorded in `vipaint.tune.spaces`.
 
 A spec names an experiment YAML (prior, data, masks), overrides, and the methods with their options.
 Each method runs through the same Lightning predict path as `vipaint predict` into
@@ -18,6 +24,7 @@ import yaml
 
 from vipaint.bench.report import previous_rows, report
 from vipaint.bench.run import read_timing, run_methods
+from vipaint.bench.splits import image_source, method_options, spec_split
 
 __all__ = ["main"]
 
@@ -30,21 +37,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is slow)")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from existing outputs")
     p.add_argument("--out", help="output folder (default: the spec's `out`)")
+    p.add_argument("--split", help="run the image rows of this split of the spec's `splits` (e.g. test)")
     args, extra = p.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith(("--data.", "--model.", "--trainer.", "--seed_everything"))]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)} (extra LightningCLI overrides must start with "
                 "--data., --model., --trainer. or --seed_everything)")
     spec = yaml.safe_load(Path(args.spec).read_text())
-    spec["overrides"] = [*spec.get("overrides", []), *extra]     # later flags win in LightningCLI
-    if args.out:
+    split = spec_split(spec, args.split) if args.split else None
+    spec["overrides"] = [*spec.get("overrides", []), *(split.overrides() if split else []), *extra]
+    if args.out:        # (later flags win in LightningCLI)
         spec["out"] = args.out
+    elif split is not None and split.name != "test":
+        spec["out"] = f"{spec.get('out', f'results/benchmarks/{Path(args.spec).stem}')}_{split.name}"
     unknown = sorted(set(args.only or []) - set(spec["methods"]))
     if unknown:
         p.error(f"--only: {', '.join(unknown)} not in {args.spec} (its methods: {', '.join(spec['methods'])})")
     out = Path(spec.get("out", f"results/benchmarks/{Path(args.spec).stem}"))
     out.mkdir(parents=True, exist_ok=True)
-    to_run = {} if args.report_only else {k: dict(v or {}) for k, v in spec["methods"].items()
+    source = image_source(spec) if split else ""       # tuned / published entries resolved for the methods run
+    to_run = {} if args.report_only else {k: method_options(k, v, split, source) for k, v in spec["methods"].items()
                                           if not args.only or k in args.only}
     timings = run_methods({**spec, "methods": to_run}, out) if to_run else {}
     # the table covers every method of the spec with outputs in `out` or rows in its results.json, so

@@ -31,7 +31,7 @@ __all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "r
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_hole", "exact_mean_rmse", "exact_std_ratio", "sliced_w2",
                "mode_weight_error", "coverage90", "coverage90_exact")
-SHOWN = ("method", "mask", "images", "nfe", "backprops", "exact_mean_rmse", "exact_std_ratio",
+SHOWN = ("method", "mask", "images", "nfe", "n_decode", "n_encode", "backprops", "exact_mean_rmse", "exact_std_ratio",
          "sliced_w2", "mode_weight_error", "coverage90", "fid", "kid", "psnr", "psnr_hole",
          "ssim", "psnr_best", "diversity_l2", "hole_std", "diversity_perceptual", "s_per_image")
 
@@ -126,6 +126,9 @@ def _method_rows(name: str, items: list[dict], features: CachedFeatures | None, 
         metas = [it["meta"] for it in sel]
         row = {"method": name, "mask": mask, "images": len(sel),
                "nfe": _mean_count(metas, "nfe"), "backprops": _mean_count(metas, "n_backprop")}
+        for key in ("n_decode", "n_encode"):       # codec passes, counted apart from the UNet's (latent priors)
+            if any(m.get(key) for m in metas):
+                row[key] = _mean_count(metas, key)
         for key in METRIC_KEYS:
             vals = [m[key] for m in metas if key in m]
             if vals:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build_cli", "read_timing", "run_methods"]
+__all__ = ["build_cli", "read_timing", "run_method", "run_methods"]
 
 
 def build_cli(config: str, overrides: list[str]):
@@ -30,26 +30,32 @@ def run_methods(spec: dict, out: Path) -> dict[str, dict]:
 
     cli = build_cli(spec["config"], [str(o) for o in spec.get("overrides", [])])
     writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PredictionWriter))
-    timings: dict[str, dict] = {}
-    for name, opts in spec["methods"].items():
-        method = (opts or {}).pop("method", name) if isinstance(opts, dict) else name
-        cli.model.method, cli.model.method_options = method, dict(opts or {})
-        cli.model.hparams.method = method
-        writer.template = str(out / name)
-        writer.set_output_dir(out / name)
-        before = len(list((writer.output_dir / "metrics").glob("*.json")))
-        t0 = time.perf_counter()
-        cli.trainer.predict(cli.model, cli.datamodule, return_predictions=False)
-        seconds = time.perf_counter() - t0
-        computed = len(list((writer.output_dir / "metrics").glob("*.json"))) - before
-        tfile = writer.output_dir / "timing.json"
-        if computed > 0 and before == 0:      # a complete fresh run: its time per image is meaningful
-            tfile.write_text(json.dumps({"seconds": seconds, "images": computed,
-                                         "seconds_per_image": seconds / computed,
-                                         "threads": torch.get_num_threads(),
-                                         "device": str(cli.model.device)}))
-        timings[name] = read_timing(writer.output_dir)
-    return timings
+    writer.fid = bool(spec.get("fid", True))       # no Inception in the predict path when the spec skips FID
+    writer.save_u8 = bool(spec.get("samples_u8", False))     # uint8 composites to commit beside the metrics
+    return {name: run_method(cli, writer, name, dict(opts or {}), out / name)
+            for name, opts in spec["methods"].items()}
+
+
+def run_method(cli, writer, name: str, opts: dict, folder: Path) -> dict:
+    """Run one method (options `opts`, `method` defaulting to `name`) of a built CLI into `folder`;
+    returns its `read_timing`."""
+    method = opts.pop("method", name)
+    cli.model.method, cli.model.method_options = method, dict(opts)
+    cli.model.hparams.method = method
+    writer.template = str(folder)
+    writer.set_output_dir(folder)
+    before = len(list((writer.output_dir / "metrics").glob("*.json")))
+    t0 = time.perf_counter()
+    cli.trainer.predict(cli.model, cli.datamodule, return_predictions=False)
+    seconds = time.perf_counter() - t0
+    computed = len(list((writer.output_dir / "metrics").glob("*.json"))) - before
+    tfile = writer.output_dir / "timing.json"
+    if computed > 0 and before == 0:      # a complete fresh run: its time per image is meaningful
+        tfile.write_text(json.dumps({"seconds": seconds, "images": computed,
+                                     "seconds_per_image": seconds / computed,
+                                     "threads": torch.get_num_threads(),
+                                     "device": str(cli.model.device)}))
+    return read_timing(writer.output_dir)
 
 
 def read_timing(method_dir: Path) -> dict:
