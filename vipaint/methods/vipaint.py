@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vipaint.conditional_score import conditional_score_cg, linearised_forward
 from vipaint.diffusion import edm_time_grid, tweedie_x0, x0_variance
 from vipaint.elbo import interval_weights, negative_elbo
 from vipaint.likelihood import Likelihood
@@ -96,6 +97,7 @@ class VIPaintConfig:
     refine_likelihood: str | None = _FROM_PRESET
     refine_likelihood_scale: float | None = _FROM_PRESET
     refine_reduction: str | None = _FROM_PRESET
+    cg_iterations: int = _FROM_PRESET
     explicit: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,8 +112,8 @@ class VIPaintConfig:
         if self.prior_interval_sampling not in ("uniform", "importance"):
             raise ValueError("prior_interval_sampling must be 'uniform' or 'importance', got "
                              f"{self.prior_interval_sampling!r}")
-        if self.likelihood_variance not in ("plugin", "tweedie", "jacobian"):
-            raise ValueError("likelihood_variance must be 'plugin', 'tweedie' or 'jacobian', got "
+        if self.likelihood_variance not in ("plugin", "tweedie", "jacobian", "covariance"):
+            raise ValueError("likelihood_variance must be 'plugin', 'tweedie', 'jacobian' or 'covariance', got "
                              f"{self.likelihood_variance!r}")
 
     def overridden(self, **options: object) -> VIPaintConfig:
@@ -182,7 +184,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     r2: float | Tensor = 0.0
     if cfg.variance_mode(lik) == "tweedie":
         r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v))
-    elif cfg.variance_mode(lik) == "jacobian":
+    elif cfg.variance_mode(lik) in ("jacobian", "covariance"):
         r2 = _initial_x0_variance(post, prior, rng, cfg, cond)
     b = y.shape[0]
     failed = torch.zeros(b, dtype=torch.bool)
@@ -259,7 +261,9 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
 
     grad_norm = residual_norm if cfg.normalize_guidance else None
     mode = cfg.variance_mode(lik)
-    if mode == "jacobian":
+    if mode == "covariance":
+        out = _refine_covariance(prior, operator, y, z, rng, cfg, lik, opts, times, cond, progress)
+    elif mode == "jacobian":
         opts = replace(opts, x0_variance=True)
 
         def energy_r(x: Tensor, _: Tensor, r2: Tensor) -> Tensor:
@@ -291,6 +295,30 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
         with torch.no_grad():
             return prior.decode(out.z), len(times)
     return out.image, len(times)
+
+
+def _refine_covariance(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG,
+                       cfg: VIPaintConfig, lik: Likelihood, opts: GuidedStep, times: list[int],
+                       cond: Tensor | None, progress: Callable[[int, int], None] | None) -> Any:
+    """Stage 2 under `likelihood_variance: covariance`: the guided steps of `refine` with ∇_{z_t} E the
+    full-covariance Gaussian likelihood's, C_t v = y − A D(x̂0) solved by `cfg.cg_iterations` CG iterations
+    (`conditional_score_cg`, docs/algorithm.md §4, eq. 4.3)."""
+    s2 = lik.noise_variance(operator)
+
+    def energy_grad(zt: Tensor, x0: Tensor, image: Tensor, ab: Tensor) -> Tensor:
+        meas = operator(image)
+        fwd = linearised_forward(meas, x0) if prior.is_latent else (lambda s: operator(prior.decode(s)))
+        return -conditional_score_cg(zt, meas, (y - meas).detach(), ab, s2, fwd, cfg.cg_iterations)
+
+    steps = descend(times)
+    out = None
+    for i, (t, t_prev) in enumerate(steps):
+        out = guided_step(prior, z, t, t_prev, opts, energy_grad=energy_grad, cond=cond, rng=rng,
+                          need_image=i == len(steps) - 1)
+        z = out.z
+        if progress is not None:
+            progress(i + 1, len(steps))
+    return out
 
 
 def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rng: ImageRNG,

@@ -33,7 +33,7 @@ def _official() -> dict[str, object]:
         prior_grid_points=300, fit_guidance=1.0,
         refine_steps=None, zeta=2.0, zeta_over_samples=True, guidance_form="subtract",
         eta_refine=0.2, stochastic=False, normalize_guidance=False, refine_guidance=1.0, clip_x0=False,
-        refine_likelihood=None, refine_likelihood_scale=None, refine_reduction=None,
+        refine_likelihood=None, refine_likelihood_scale=None, refine_reduction=None, cg_iterations=4,
     )
 
 
