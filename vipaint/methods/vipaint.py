@@ -44,7 +44,9 @@ class VIPaintConfig:
     Fit (stage 1, docs/algorithm.md §2–§3): `likelihood` / `likelihood_scale` / `reduction` as in
     `Likelihood`; `likelihood_variance` "tweedie" adds r_t² = v σ_t²/(ᾱ_t v + σ_t²) (eq. 3.8) to a Gaussian
     likelihood's variance, "jacobian" adds r_t² estimated per image from the network's Jacobian
-    (Tweedie's second-order identity, eq. 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None:
+    (Tweedie's second-order identity, eq. 3.9), "covariance" refines with the full-covariance likelihood
+    N(y; A x̂0, σ_y² I + A Cov[x0|z_t] Aᵀ) solved by `cg_iterations` conjugate-gradient steps (eq. 4.3; the
+    fit keeps the scalar r_{T_s}² of 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None:
     `prior_data_variance`);
     `prior_exact_intervals` prior-loss intervals next to T_e summed exactly each iteration (eq. 3.6);
     `prior_interval_sampling` "uniform" (official: stratified, weight N) or "importance" (∝ the expected
@@ -339,9 +341,10 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     failed = failed | bad
     k = len(cfg.keypoints)
     per_it = k + 1 + cfg.prior_exact_intervals            # + one pass per exactly summed interval
-    jac = cfg.variance_mode(cfg.make_likelihood()) == "jacobian"
-    jac_ref = cfg.variance_mode(cfg.make_refine_likelihood()) == "jacobian" and cfg.zeta != 0
+    jac = cfg.variance_mode(cfg.make_likelihood()) in ("jacobian", "covariance")
+    ref_mode = cfg.variance_mode(cfg.make_refine_likelihood()) if cfg.zeta != 0 else "off"
+    per_step = {"off": 0, "jacobian": 2, "covariance": cfg.cg_iterations}.get(ref_mode, 1)   # backprops per step
     nfe = cfg.iterations * per_it + (k - 1) + n_ref + (k if jac else 0)
-    nbp = cfg.iterations * per_it + (n_ref if cfg.zeta != 0 else 0) + (1 if jac else 0) + (n_ref if jac_ref else 0)
+    nbp = cfg.iterations * per_it + n_ref * per_step + (1 if jac else 0)
     return MethodResult(samples=x, nfe=nfe, n_backprop=nbp, failed=failed, reasons=reasons,
                         traces={"objective": trace})
