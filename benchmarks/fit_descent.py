@@ -8,7 +8,8 @@ Fits q_λ (stage 1 only, 50 iterations, docs/algorithm.md §3) on `--images` obs
 mean objective of the first and of the last 10 iterations and their difference in standard errors
 (SE² = var(first)/10 + var(last)/10): many standard errors means a visible descent. The two presets'
 objectives are on different scales (nats vs the official β-weighted element means) and are only
-compared through this ratio. Writes fit_descent.md / .json under --out.
+compared through this ratio. Writes fit_descent.md / .json (with the traces) and fit_descent.png (the
+objective per iteration, one panel per preset) under --out.
 """
 
 from __future__ import annotations
@@ -58,10 +59,30 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"preset": preset, "image": i, "first10": first[:, i].mean().item(),
                          "last10": last[:, i].mean().item(),
                          "descent_in_se": ((first[:, i].mean() - last[:, i].mean()) / se[i]).item(),
-                         "failed": bool(failed[i]), "seconds": time.time() - t0})
+                         "failed": bool(failed[i]), "seconds": time.time() - t0,
+                         "trace": trace[:, i].tolist()})
             print(rows[-1], flush=True)
     cols = ["preset", "image", "first10", "last10", "descent_in_se"]
     print(write_table(Path(args.out), "fit_descent", rows, cols, vars(args)))
+    _plot(rows, Path(args.out) / "fit_descent.png")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    fig, axes = plt.subplots(1, len(presets), figsize=(5 * len(presets), 3.5))
+    for ax, preset in zip(axes if len(presets) > 1 else [axes], presets, strict=True):
+        for r in (r for r in rows if r["preset"] == preset):
+            ax.plot(range(1, len(r["trace"]) + 1), r["trace"], label=f"image {r['image']}")
+        ax.set(title=f"preset: {preset}", xlabel="iteration", ylabel="objective (per image)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

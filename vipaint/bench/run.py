@@ -30,6 +30,8 @@ def run_methods(spec: dict, out: Path) -> dict[str, dict]:
 
     cli = build_cli(spec["config"], [str(o) for o in spec.get("overrides", [])])
     writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PredictionWriter))
+    if not spec.get("fid", True):
+        writer.fid = False                    # `fid: false` specs skip the Inception features while predicting
     timings: dict[str, dict] = {}
     for name, opts in spec["methods"].items():
         method = (opts or {}).pop("method", name) if isinstance(opts, dict) else name
