@@ -23,16 +23,22 @@ def _per_sample(c: Tensor, like: Tensor) -> Tensor:
     return c.reshape(c.shape + (1,) * (like.dim() - c.dim()))
 
 
-def linearised_forward(measurement: Tensor, x0: Tensor) -> Callable[[Tensor], Tensor]:
-    """s ↦ H s with H = ∂measurement/∂x0 at the current x̂0, for a nonlinear decoder (latent priors): the
-    Jacobian–vector product by double backward (the VJP u ↦ Hᵀu is linear in u; differentiating ⟨Hᵀu, s⟩ in
-    u gives H s). `measurement` must be a differentiable function of `x0` (docs/algorithm.md §4, eq. 4.3)."""
-    u = torch.zeros_like(measurement, requires_grad=True)
-    (hu,) = torch.autograd.grad(measurement, x0, u, create_graph=True)
+def linearised_forward(h: Callable[[Tensor], Tensor], x0: Tensor, rel_step: float = 1e-3
+                       ) -> Callable[[Tensor], Tensor]:
+    """s ↦ H s with H = ∂h/∂x0 at `x0` [S, B, *latent], for a nonlinear h = A∘D (latent priors), by a central
+    difference along s per sample: (h(x0 + δ ŝ) − h(x0 − δ ŝ))/(2δ)·‖s‖, ŝ = s/‖s‖, δ = `rel_step`·max(‖x0‖, 1)
+    (error O(δ²); two decoder passes in one call, no network pass; double backward through a decoder is not
+    available for every attention kernel). docs/algorithm.md §4, eq. 4.3."""
+    x0 = x0.detach()
+    delta = rel_step * x0.flatten(2).norm(dim=-1).clamp_min(1.0)                     # [S, B]
 
     def forward(s: Tensor) -> Tensor:
-        (hs,) = torch.autograd.grad(hu, u, s, retain_graph=True)
-        return hs
+        n = s.flatten(2).norm(dim=-1).clamp_min(1e-30)
+        step = _per_sample(delta / n, s) * s
+        with torch.no_grad():
+            both = h(torch.cat([x0 + step, x0 - step]))
+        plus, minus = both[: x0.shape[0]], both[x0.shape[0]:]
+        return (plus - minus) * _per_sample(n / (2 * delta), plus)
 
     return forward
 
@@ -48,7 +54,7 @@ def conditional_score_cg(z: Tensor, measurement: Tensor, residual: Tensor, abar_
     Each iteration makes one VJP s = Jᵀ Hᵀ p through `measurement` (= h(x̂0(z_t)), a function of `z` [S, B,
     *latent] with its graph) and applies H Σ_t Hᵀ p ≈ (σ_t²/α_t) H s, which uses J = Jᵀ (exact for an
     exact score, a symmetric Jacobian). `forward` is s ↦ H s (the operator itself for pixel priors,
-    `linearised_forward` through a decoder). One iteration is the exact minimiser along the residual: the
+    `linearised_forward` of A∘D for latent ones). One iteration is the exact minimiser along the residual: the
     scalar variance σ_y² + r̃² with r̃² = rᵀ H Σ_t Hᵀ r / ‖r‖², the posterior variance along r. An iteration
     whose curvature pᵀ C_t p is not positive (a non-symmetric learned Jacobian) stops that sample.
     `residual` = y − h(z_t) [S, B, *measurement], detached. Returns [S, B, *latent], detached."""

@@ -309,7 +309,8 @@ def _refine_covariance(prior: Prior, operator: LinearOperator, y: Tensor, z: Ten
 
     def energy_grad(zt: Tensor, x0: Tensor, image: Tensor, ab: Tensor) -> Tensor:
         meas = operator(image)
-        fwd = linearised_forward(meas, x0) if prior.is_latent else (lambda s: operator(prior.decode(s)))
+        fwd = (linearised_forward(lambda x: operator(prior.decode(x)), x0) if prior.is_latent
+               else (lambda s: operator(prior.decode(s))))
         return -conditional_score_cg(zt, meas, (y - meas).detach(), ab, s2, fwd, cfg.cg_iterations)
 
     steps = descend(times)
