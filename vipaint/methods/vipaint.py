@@ -242,7 +242,8 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
            progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
     """Stage 2 (docs/algorithm.md §4): guided DDIM from z_{T_s} [S, B, *latent] (T_s = the last keypoint) on
     `time_grid(T_s, cfg.refine_steps)`, guided by ζ ∇ ℓ(D(x̂0); y) with ℓ = `likelihood` (default
-    `cfg.make_refine_likelihood()`; with r_t² added at each step t under `likelihood_variance: tweedie`),
+    `cfg.make_refine_likelihood()`; with r_t² added at each step t under `likelihood_variance: tweedie` or
+    `jacobian`, its full-covariance form (eq. 4.3) under `covariance`),
     ζ/S per sample if `cfg.zeta_over_samples`, ζ/‖A(x̂) − y‖₂ per sample if `cfg.normalize_guidance`, in
     the form `cfg.guidance_form` (eq. 4.1 "subtract", eq. 4.2 "score").
 
@@ -264,7 +265,7 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
     grad_norm = residual_norm if cfg.normalize_guidance else None
     mode = cfg.variance_mode(lik)
     if mode == "covariance":
-        out = _refine_covariance(prior, operator, y, z, rng, cfg, lik, opts, times, cond, progress)
+        out = _refine_covariance(prior, operator, y, z, rng, cfg, lik, opts, times, cond, progress, grad_norm)
     elif mode == "jacobian":
         opts = replace(opts, x0_variance=True)
 
@@ -301,7 +302,8 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
 
 def _refine_covariance(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG,
                        cfg: VIPaintConfig, lik: Likelihood, opts: GuidedStep, times: list[int],
-                       cond: Tensor | None, progress: Callable[[int, int], None] | None) -> Any:
+                       cond: Tensor | None, progress: Callable[[int, int], None] | None,
+                       grad_norm: Callable[[Tensor], Tensor] | None) -> Any:
     """Stage 2 under `likelihood_variance: covariance`: the guided steps of `refine` with ∇_{z_t} E the
     full-covariance Gaussian likelihood's, C_t v = y − A D(x̂0) solved by `cfg.cg_iterations` CG iterations
     (`conditional_score_cg`, docs/algorithm.md §4, eq. 4.3)."""
@@ -316,8 +318,8 @@ def _refine_covariance(prior: Prior, operator: LinearOperator, y: Tensor, z: Ten
     steps = descend(times)
     out = None
     for i, (t, t_prev) in enumerate(steps):
-        out = guided_step(prior, z, t, t_prev, opts, energy_grad=energy_grad, cond=cond, rng=rng,
-                          need_image=i == len(steps) - 1)
+        out = guided_step(prior, z, t, t_prev, opts, energy_grad=energy_grad, grad_norm=grad_norm, cond=cond,
+                          rng=rng, need_image=i == len(steps) - 1)
         z = out.z
         if progress is not None:
             progress(i + 1, len(steps))
