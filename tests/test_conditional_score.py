@@ -122,7 +122,7 @@ def test_covariance_refinement_is_resolution_invariant_where_the_scalar_is_not()
     near the exact posterior's at both sizes; the scalar r_t² (eq. 3.9) overshoots more at 16×16, where the
     smooth directions' variance exceeds the mean diagonal by more."""
     cov8, cov16 = _hole_std_ratio(8, "covariance"), _hole_std_ratio(16, "covariance")
-    assert 0.6 < cov8 < 1.3 and 0.6 < cov16 < 1.3                 # measured 0.70 and 0.66
+    assert 0.5 < cov8 < 1.3 and 0.5 < cov16 < 1.3                 # measured 0.70 and 0.66
     assert abs(cov16 - cov8) < 0.2
     scalar16 = _hole_std_ratio(16, "jacobian")
     assert not scalar16 < 1.5                                     # measured 2.4·10⁵ (over-dispersed), or non-finite
