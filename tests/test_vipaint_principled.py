@@ -335,7 +335,8 @@ def test_jacobian_x0_variance_matches_the_gaussian_posterior_covariance():
 
 def test_jacobian_likelihood_variance_runs_and_counts_passes():
     prior, op, y, _ = _problem(h=8, b=2)
-    res = vipaint.solve_full("vipaint", prior, op, y, n_samples=2, seed=0, iterations=3, refine_steps=4)
+    res = vipaint.solve_full("vipaint", prior, op, y, n_samples=2, seed=0, iterations=3, refine_steps=4,
+                             likelihood_variance="jacobian")
     k = 2
     assert torch.isfinite(res.samples).all() and not res.failed.any()
     assert res.nfe == 3 * (k + 1 + 2) + (k - 1) + 4 + k

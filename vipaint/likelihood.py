@@ -52,6 +52,11 @@ class Likelihood:
             raise ValueError("a likelihood without an explicit scale needs an operator with sigma_y > 0")
         return operator.sigma_y
 
+    def noise_variance(self, operator: LinearOperator) -> float:
+        """s² of the likelihood's own noise (σ_y² by default; 0 allowed for a Gaussian with σ_y = 0, whose
+        variance is then the prior's alone; docs/algorithm.md §4, eq. 4.3)."""
+        return self._scale(operator, 1.0) ** 2
+
     def __call__(self, x_hat: Tensor, y: Tensor, operator: LinearOperator, extra_var: float | Tensor = 0.0
                  ) -> Tensor:
         """ℓ per image; `extra_var` (gaussian only; a float or a per-image tensor [B]) adds r_t² to the

@@ -20,14 +20,18 @@ from vipaint.diffusion import bcast, ddim_step, eps_from_x0, tweedie_x0
 from vipaint.priors.base import Prior
 from vipaint.seeding import ImageRNG
 
-__all__ = ["CLEAN", "abar", "descend", "time_grid", "Energy", "GuidedStep", "GuidedStepOut", "guided_step",
-           "guided_denoise", "x0_variance_estimate"]
+__all__ = ["CLEAN", "abar", "descend", "time_grid", "Energy", "EnergyGrad", "GuidedStep", "GuidedStepOut",
+           "guided_step", "guided_denoise", "x0_variance_estimate"]
 
 CLEAN = -1
 """The clean time: ᾱ = 1, no network call."""
 
 Energy = Callable[[Tensor, Tensor], Tensor]
 """Guidance energy: (decoded x̂ [S, B, *image], latent x̂0 [S, B, *latent]) → per-sample energies [S, B]."""
+
+EnergyGrad = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""A guidance gradient computed directly: (z_t with its graph, x̂0(z_t), D(x̂0), ᾱ_t) → ∇_{z_t} E [S, B, *latent]
+(e.g. the full-covariance likelihood, `vipaint.conditional_score.conditional_score_cg`)."""
 
 
 def abar(prior: Prior, t: int, like: Tensor) -> Tensor:
@@ -113,7 +117,8 @@ class GuidedStepOut(NamedTuple):
 
 def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, *, energy: Energy | None = None,
                 grad_norm: Callable[[Tensor], Tensor] | None = None, cond: Tensor | None = None,
-                rng: ImageRNG | None = None, need_image: bool = False) -> GuidedStepOut:
+                rng: ImageRNG | None = None, need_image: bool = False,
+                energy_grad: EnergyGrad | None = None) -> GuidedStepOut:
     """One guided DDIM(η) step from network time t to t_prev (< t, or `CLEAN`) for z [S, B, *latent]
     (docs/algorithm.md §4; DPS, docs/algorithm.md §10.1):
 
@@ -124,9 +129,10 @@ def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, 
 
     The gradient of the energies summed over [S, B] is each sample's own gradient, since each term only
     depends on its own z. One network pass (with backprop when ζ ≠ 0); ξ is drawn from `rng` after it.
+    `energy_grad`, if given, replaces ∇_{z_t} E (and `energy`) by its own computation (eq. 4.3).
     """
     guided = opts.zeta != 0
-    if guided and energy is None:
+    if guided and energy is None and energy_grad is None:
         raise ValueError("a guided step (zeta != 0) needs an energy")
     ab_t, ab_prev = abar(prior, t, z), abar(prior, t_prev, z)
     z = z.detach().requires_grad_(guided)
@@ -142,7 +148,9 @@ def guided_step(prior: Prior, z: Tensor, t: int, t_prev: int, opts: GuidedStep, 
         grad = torch.zeros_like(z)
         if guided or need_image:
             image = prior.decode(x0_data)
-        if guided and opts.x0_variance:
+        if guided and energy_grad is not None:
+            grad = energy_grad(z, x0_data, image, ab_t)
+        elif guided and opts.x0_variance:
             if rng is None:
                 raise ValueError("x0_variance needs an rng for its probe")
             probe = (rng.rand(z.shape[0], *z.shape[2:], batch_dim=1).to(z) < 0.5).to(z) * 2 - 1

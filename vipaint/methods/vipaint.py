@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vipaint.conditional_score import conditional_score_cg, linearised_forward
 from vipaint.diffusion import edm_time_grid, tweedie_x0, x0_variance
 from vipaint.elbo import interval_weights, negative_elbo
 from vipaint.likelihood import Likelihood
@@ -50,7 +51,9 @@ class VIPaintConfig:
     Fit (stage 1, docs/algorithm.md §2–§3): `likelihood` / `likelihood_scale` / `reduction` as in
     `Likelihood`; `likelihood_variance` "tweedie" adds r_t² = v σ_t²/(ᾱ_t v + σ_t²) (eq. 3.8) to a Gaussian
     likelihood's variance, "jacobian" adds r_t² estimated per image from the network's Jacobian
-    (Tweedie's second-order identity, eq. 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None:
+    (Tweedie's second-order identity, eq. 3.9), "covariance" refines with the full-covariance likelihood
+    N(y; A x̂0, σ_y² I + A Cov[x0|z_t] Aᵀ) solved by `cg_iterations` conjugate-gradient steps (eq. 4.3; the
+    fit keeps the scalar r_{T_s}² of 3.9), "plugin" adds nothing; `data_variance` v for r_t² (None:
     `prior_data_variance`);
     `prior_exact_intervals` prior-loss intervals next to T_e summed exactly each iteration (eq. 3.6);
     `prior_interval_sampling` "uniform" (official: stratified, weight N) or "importance" (∝ the expected
@@ -105,6 +108,7 @@ class VIPaintConfig:
     refine_likelihood: str | None = _FROM_PRESET
     refine_likelihood_scale: float | None = _FROM_PRESET
     refine_reduction: str | None = _FROM_PRESET
+    cg_iterations: int = _FROM_PRESET
     explicit: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,8 +123,8 @@ class VIPaintConfig:
         if self.prior_interval_sampling not in ("uniform", "importance"):
             raise ValueError("prior_interval_sampling must be 'uniform' or 'importance', got "
                              f"{self.prior_interval_sampling!r}")
-        if self.likelihood_variance not in ("plugin", "tweedie", "jacobian"):
-            raise ValueError("likelihood_variance must be 'plugin', 'tweedie' or 'jacobian', got "
+        if self.likelihood_variance not in ("plugin", "tweedie", "jacobian", "covariance"):
+            raise ValueError("likelihood_variance must be 'plugin', 'tweedie', 'jacobian' or 'covariance', got "
                              f"{self.likelihood_variance!r}")
 
     def overridden(self, **options: object) -> VIPaintConfig:
@@ -207,7 +211,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     r2: float | Tensor = 0.0
     if cfg.variance_mode(lik) == "tweedie":
         r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v))
-    elif cfg.variance_mode(lik) == "jacobian":
+    elif cfg.variance_mode(lik) in ("jacobian", "covariance"):
         r2 = _initial_x0_variance(post, prior, rng, cfg, cond)
     b = y.shape[0]
     failed = torch.zeros(b, dtype=torch.bool)
@@ -263,7 +267,8 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
            progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
     """Stage 2 (docs/algorithm.md §4): guided DDIM from z_{T_s} [S, B, *latent] (T_s = the last keypoint) on
     `time_grid(T_s, cfg.refine_steps)`, guided by ζ ∇ ℓ(D(x̂0); y) with ℓ = `likelihood` (default
-    `cfg.make_refine_likelihood()`; with r_t² added at each step t under `likelihood_variance: tweedie`),
+    `cfg.make_refine_likelihood()`; with r_t² added at each step t under `likelihood_variance: tweedie` or
+    `jacobian`, its full-covariance form (eq. 4.3) under `covariance`),
     ζ/S per sample if `cfg.zeta_over_samples`, ζ/‖A(x̂) − y‖₂ per sample if `cfg.normalize_guidance`, in
     the form `cfg.guidance_form` (eq. 4.1 "subtract", eq. 4.2 "score").
 
@@ -285,7 +290,9 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
 
     grad_norm = residual_norm if cfg.normalize_guidance else None
     mode = cfg.variance_mode(lik)
-    if mode == "jacobian":
+    if mode == "covariance":
+        out = _refine_covariance(prior, operator, y, z, rng, cfg, lik, opts, times, cond, progress, grad_norm)
+    elif mode == "jacobian":
         opts = replace(opts, x0_variance=True)
 
         def energy_r(x: Tensor, _: Tensor, r2: Tensor) -> Tensor:
@@ -319,6 +326,32 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
     return out.image, len(times)
 
 
+def _refine_covariance(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: ImageRNG,
+                       cfg: VIPaintConfig, lik: Likelihood, opts: GuidedStep, times: list[int],
+                       cond: Tensor | None, progress: Callable[[int, int], None] | None,
+                       grad_norm: Callable[[Tensor], Tensor] | None) -> Any:
+    """Stage 2 under `likelihood_variance: covariance`: the guided steps of `refine` with ∇_{z_t} E the
+    full-covariance Gaussian likelihood's, C_t v = y − A D(x̂0) solved by `cfg.cg_iterations` CG iterations
+    (`conditional_score_cg`, docs/algorithm.md §4, eq. 4.3)."""
+    s2 = lik.noise_variance(operator)
+
+    def energy_grad(zt: Tensor, x0: Tensor, image: Tensor, ab: Tensor) -> Tensor:
+        meas = operator(image)
+        fwd = (linearised_forward(lambda x: operator(prior.decode(x)), x0) if prior.is_latent
+               else (lambda s: operator(prior.decode(s))))
+        return -conditional_score_cg(zt, meas, (y - meas).detach(), ab, s2, fwd, cfg.cg_iterations)
+
+    steps = descend(times)
+    out = None
+    for i, (t, t_prev) in enumerate(steps):
+        out = guided_step(prior, z, t, t_prev, opts, energy_grad=energy_grad, grad_norm=grad_norm, cond=cond,
+                          rng=rng, need_image=i == len(steps) - 1)
+        z = out.z
+        if progress is not None:
+            progress(i + 1, len(steps))
+    return out
+
+
 def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int, rng: ImageRNG,
             cond: Tensor | None = None, progress: bool = False, config: VIPaintConfig | None = None,
             **options: object) -> MethodResult:
@@ -338,9 +371,10 @@ def vipaint(prior: Prior, operator: LinearOperator, y: Tensor, *, n_samples: int
     failed = failed | bad
     k = len(cfg.keypoints)
     per_it = k + 1 + cfg.prior_exact_intervals            # + one pass per exactly summed interval
-    jac = cfg.variance_mode(cfg.make_likelihood()) == "jacobian"
-    jac_ref = cfg.variance_mode(cfg.make_refine_likelihood()) == "jacobian" and cfg.zeta != 0
+    jac = cfg.variance_mode(cfg.make_likelihood()) in ("jacobian", "covariance")
+    ref_mode = cfg.variance_mode(cfg.make_refine_likelihood()) if cfg.zeta != 0 else "off"
+    per_step = {"off": 0, "jacobian": 2, "covariance": cfg.cg_iterations}.get(ref_mode, 1)   # backprops per step
     nfe = cfg.iterations * per_it + (k - 1) + n_ref + (k if jac else 0)
-    nbp = cfg.iterations * per_it + (n_ref if cfg.zeta != 0 else 0) + (1 if jac else 0) + (n_ref if jac_ref else 0)
+    nbp = cfg.iterations * per_it + n_ref * per_step + (1 if jac else 0)
     return MethodResult(samples=x, nfe=nfe, n_backprop=nbp, failed=failed, reasons=reasons,
                         traces={"objective": trace})

@@ -1,7 +1,8 @@
 """VIPaint's presets: named sets of `VIPaintConfig` defaults (docs/algorithm.md §5, §9).
 
 - "principled" (the default): a true ELBO in nats (β = 1, sums over elements) with the variance-aware
-  Gaussian likelihood N(y; A x̂0(z_t), σ_y² + r_t²) at T_s and in the refinement, the prior-loss
+  Gaussian likelihood N(y; A x̂0(z_t), σ_y² + r_t²) at T_s and, in the refinement, its full-covariance form
+  N(y; A x̂0(z_t), σ_y² I + A Cov[x0|z_t] Aᵀ) by 4 conjugate-gradient iterations (eq. 4.3), the prior-loss
   intervals next to T_e computed exactly every iteration, q initialised on the prior (transition std =
   the kernel's, holes at the observed mean), learning rates in units of the latent's std, and the
   refinement step ε̂ → ε̂ + ζ σ_t ∇_{z_t} E (ζ = 1: the conditional score; docs/algorithm.md §4, §9).
@@ -37,7 +38,7 @@ def _official() -> dict[str, object]:
         prior_grid_points=300, fit_guidance=1.0,
         refine_steps=None, zeta=2.0, zeta_latent_area=None, zeta_over_samples=True, guidance_form="subtract",
         eta_refine=0.2, stochastic=False, normalize_guidance=False, refine_guidance=1.0, clip_x0=False,
-        refine_likelihood=None, refine_likelihood_scale=None, refine_reduction=None,
+        refine_likelihood=None, refine_likelihood_scale=None, refine_reduction=None, cg_iterations=4,
     )
 
 
@@ -45,7 +46,7 @@ def _principled() -> dict[str, object]:
     return {**_official(), **dict(
         lr_mu=0.1, lr_logvar=0.05, lr_gamma=0.1, lr_relative=True,
         beta_prior=1.0, beta_hier=1.0, reduction="sum",
-        likelihood="gaussian", likelihood_scale=None, likelihood_variance="jacobian",
+        likelihood="gaussian", likelihood_scale=None, likelihood_variance="covariance", cg_iterations=4,
         prior_exact_intervals=2, prior_interval_sampling="importance",
         std_scale=None, init_fill="observed_mean",
         refine_steps=100, zeta=1.0, zeta_over_samples=False, guidance_form="score",
