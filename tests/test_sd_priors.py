@@ -126,7 +126,11 @@ def test_every_method_with_a_prompt_is_finite_and_batch_independent(sd_priors, n
     alone = vipaint.solve(method, prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
                           indices=[1], cond=cond[1:], **FAST[method])
     assert both.shape == (2, 2) + prior.image_shape and torch.isfinite(both).all()
-    torch.testing.assert_close(both[:, 1:], alone, atol=1e-4, rtol=1e-4)
+    # VIPaint's default refinement (CG on the full-covariance likelihood, a central difference through the
+    # decoder) amplifies float32 rounding that differs with the batch size to up to ~2e-3 on these random networks;
+    # in float64 it is exactly batch-independent (test_vipaint_latent_batch_independence_is_exact_in_float64)
+    tol = 5e-3 if method == "vipaint" else 1e-4
+    torch.testing.assert_close(both[:, 1:], alone, atol=tol, rtol=tol)
     other = vipaint.solve(method, prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
                           indices=[1], cond=prior.prompt_ids(["a blue cow"], "blurry"), **FAST[method])
     assert not torch.allclose(alone, other), "the prompt does not reach the method"
@@ -284,3 +288,22 @@ def test_missing_t5_says_drop_t5(sd3_t5_folder, tmp_path):
     with pytest.raises(PriorNotFoundError, match="drop_t5: true"):
         DiffusersPrior(str(broken))
     assert not DiffusersPrior(str(broken), drop_t5=True).text_encoder.has_t5
+
+
+def test_vipaint_latent_batch_independence_is_exact_in_float64(sd_folders):
+    """No coupling between the images of a batch in VIPaint's default (covariance) refinement on a latent
+    text prior: in float64, where batch-size-dependent rounding vanishes, image 1 alone equals image 1 of a
+    batch of two exactly (in float32 they differ by rounding only, see the test above)."""
+    prior = DiffusersPrior(sd_folders["sd1"]).to(torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(2, *prior.image_shape, generator=g) * 2 - 1).double()
+    mask = torch.ones(2, 1, 16, 16, dtype=torch.float64)
+    mask[:, :, 4:12, 4:12] = 0
+    y = Inpainting(mask, sigma_y=0.05).observe(x, ImageRNG(0, [0, 1], "observation"))
+    cond = prior.prompt_ids(["a red cat", "a dog"], "blurry")
+    both = vipaint.solve("vipaint", prior, Inpainting(mask, sigma_y=0.05), y, n_samples=2, seed=3, indices=[0, 1],
+                         cond=cond, **FAST["vipaint"])
+    alone = vipaint.solve("vipaint", prior, Inpainting(mask[1:], sigma_y=0.05), y[1:], n_samples=2, seed=3,
+                          indices=[1], cond=cond[1:], **FAST["vipaint"])
+    assert both.dtype == torch.float64
+    torch.testing.assert_close(both[:, 1:], alone, atol=1e-12, rtol=0)
