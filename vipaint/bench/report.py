@@ -27,7 +27,7 @@ from vipaint.bench.features import (
 )
 
 __all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "save_item_features",
-           "write_table"]
+           "write_results", "write_table"]
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_hole", "exact_mean_rmse", "exact_std_ratio", "sliced_w2",
                "mode_weight_error", "coverage90", "coverage90_exact")
@@ -170,7 +170,7 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
         rows.extend(_method_rows(name, items, features, perceptual, timings.get(name, {})))
         if features is not None:
             save_item_features(features, out / name, items)
-    _write(out, rows, feat_label, perc_label)
+    write_results(out, rows, feat_label, perc_label)
     _plots(out, rows, methods)
     return rows
 
@@ -198,7 +198,8 @@ def write_table(out: Path, name: str, rows: list[dict], cols: list[str], meta: d
     return md
 
 
-def _write(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
+def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
+    """A benchmark's `results.csv`, `results.json`, `results.md` (every row) and `summary.md` (the "all" rows)."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)

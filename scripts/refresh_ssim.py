@@ -1,0 +1,62 @@
+"""Refresh the SSIM columns of a committed benchmark table from a rerun, when nothing else changed.
+
+The committed tables written before 2026-12-02 computed SSIM on [−1, 1] images with data range 2 and reflect
+padding; `vipaint.metrics.image` now follows the published convention (README, "What a run reports"). Rerun the
+benchmark into another folder with the current code, then:
+
+    python scripts/refresh_ssim.py --committed benchmarks/results/gaussian_mixture --rerun /tmp/rr/gaussian_mixture
+
+It compares every row of the two `results.json` files field by field and stops unless the rows and every
+value other than the SSIM columns (and the wall-clock seconds, which depend on the machine's load) are
+identical; then it writes the committed folder's tables with the rerun's SSIM values and the committed
+values of everything else, so the seconds per image of the original run are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vipaint.bench.report import write_results
+
+REFRESHED = ("ssim", "ssim_hole")
+MACHINE = ("s_per_image", "seconds")
+
+
+def refresh(committed: Path, rerun: Path) -> list[str]:
+    """Rewrite `committed`'s tables with `rerun`'s SSIM values; returns the problems found (nothing is
+    written when there is one)."""
+    old = json.loads((committed / "results.json").read_text())
+    new = json.loads((rerun / "results.json").read_text())
+    key = lambda r: (r["method"], r["mask"])  # noqa: E731
+    new_rows = {key(r): r for r in new["rows"]}
+    problems = []
+    if {key(r) for r in old["rows"]} != set(new_rows):
+        problems.append(f"rows differ: {sorted({key(r) for r in old['rows']} ^ set(new_rows))}")
+    for r in old["rows"]:
+        n = new_rows.get(key(r), {})
+        for k in set(r) | set(n):
+            if k not in REFRESHED + MACHINE and r.get(k) != n.get(k):
+                problems.append(f"{key(r)} {k}: committed {r.get(k)!r}, rerun {n.get(k)!r}")
+    if problems:
+        return problems
+    rows = [{k: (new_rows[key(r)].get(k) if k in REFRESHED else v) for k, v in r.items()} for r in old["rows"]]
+    write_results(committed, rows, old.get("features", ""), old.get("perceptual", ""))
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--committed", required=True, type=Path)
+    p.add_argument("--rerun", required=True, type=Path)
+    a = p.parse_args(argv)
+    problems = refresh(a.committed, a.rerun)
+    for line in problems:
+        print(line, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
