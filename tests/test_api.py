@@ -117,3 +117,12 @@ def test_valid_options_pass_and_input_error_is_a_value_error() -> None:
     op, y = _problem()
     with pytest.raises(ValueError, match="unknown method"):
         solve_full("nope", _prior(), op, y)
+
+
+def test_s_top_zero_is_valid_and_out_of_range_refused() -> None:
+    """s_top = 0 (μ_1 at the filled observation, the committed ablation row `s_top_0`) is valid; outside [0, 1]
+    is refused."""
+    check_options("vipaint", _prior(), {"s_top": 0.0})
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InputError, match=r"option s_top must be a number in \[0, 1\]"):
+            check_options("vipaint", _prior(), {"s_top": bad})
