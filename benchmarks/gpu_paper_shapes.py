@@ -172,6 +172,29 @@ class StageTimer:
                 f"{prefix}_median_step_s": statistics.median(rest) if rest else float("nan")}
 
 
+def time_vipaint(prior, op, y, rng, cfg, n_samples: int, device: torch.device, cond=None) -> dict:
+    """VIPaint's two stages on one batch, each under a `StageTimer`: the fit (`fit_s`, peak memory), a draw
+    of `n_samples` chains from q and the refinement (`refine_s`), the refinement steps run, whether every
+    sample is finite, seconds per image and the process's peak resident memory so far."""
+    b = y.shape[0]
+    row: dict = {}
+    with StageTimer(device) as fit:
+        post, _, failed, _ = fit_posterior(prior, op, y, rng, cfg, cond=cond, progress=fit.tick)
+    row.update(fit.summary("fit"))
+    with StageTimer(device) as ref:
+        with torch.no_grad():
+            z = sample_chain(post, prior, n_samples, rng, eta=cfg.eta_fit, cond=cond,
+                             guidance_scale=cfg.fit_guidance).z[-1]
+        samples, n_ref = refine(prior, op, y, z, rng, cfg, likelihood=cfg.make_likelihood(), cond=cond,
+                                progress=ref.tick)
+    row.update(ref.summary("refine"))
+    row["refine_steps_run"] = n_ref
+    row["samples_finite"] = bool(torch.isfinite(samples).all()) and not bool(failed.any())
+    row["s_per_image"] = (row["fit_s"] + row["refine_s"]) / b
+    row["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # process peak so far (KiB)
+    return row
+
+
 def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(0)
     den, sched, codec, emb = build_models(name, args.tiny)
@@ -202,20 +225,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
            "n_mc": cfg.n_mc, "iterations": cfg.iterations, "refine_steps": cfg.refine_steps or cfg.keypoints[-1],
            "refine_guidance": cfg.refine_guidance}
     try:
-        with StageTimer(device) as fit:
-            post, _, failed, _ = fit_posterior(prior, op, y, rng, cfg, cond=cond, progress=fit.tick)
-        row.update(fit.summary("fit"))
-        with StageTimer(device) as ref:
-            with torch.no_grad():
-                z = sample_chain(post, prior, s, rng, eta=cfg.eta_fit, cond=cond,
-                                 guidance_scale=cfg.fit_guidance).z[-1]
-            samples, n_ref = refine(prior, op, y, z, rng, cfg, likelihood=cfg.make_likelihood(), cond=cond,
-                                    progress=ref.tick)
-        row.update(ref.summary("refine"))
-        row["refine_steps_run"] = n_ref
-        row["samples_finite"] = bool(torch.isfinite(samples).all()) and not bool(failed.any())
-        row["s_per_image"] = (row["fit_s"] + row["refine_s"]) / b
-        row["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # process peak so far (KiB)
+        row.update(time_vipaint(prior, op, y, rng, cfg, s, device, cond=cond))
     except torch.cuda.OutOfMemoryError as err:   # keep going with the next model
         row["error"] = f"OOM: {str(err).splitlines()[0]}"
         torch.cuda.empty_cache()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 from pathlib import Path
 
@@ -39,12 +38,11 @@ for p in (str(HERE.parent), str(HERE)):          # run from a checkout without `
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from gpu_paper_shapes import StageTimer, _fmt  # noqa: E402
+from gpu_paper_shapes import StageTimer, _fmt, time_vipaint  # noqa: E402
 
 from vipaint.masks import BoxMask  # noqa: E402
-from vipaint.methods.vipaint import VIPaintConfig, fit_posterior, refine  # noqa: E402
+from vipaint.methods.vipaint import VIPaintConfig  # noqa: E402
 from vipaint.operators import Inpainting  # noqa: E402
-from vipaint.posterior import sample_chain  # noqa: E402
 from vipaint.priors import DiffusersPrior  # noqa: E402
 from vipaint.priors.text import TextEncoder, import_transformers  # noqa: E402
 from vipaint.seeding import ImageRNG  # noqa: E402
@@ -164,20 +162,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
         with StageTimer(torch.device(text_device)) as text:
             cond = prior.prompt_ids([f"a photo number {i}" for i in range(b)], "blurry, low quality")
         row.update(text.summary("text"))
-        with StageTimer(device) as fit:
-            post, _, failed, _ = fit_posterior(prior, op, y, rng, cfg, cond=cond, progress=fit.tick)
-        row.update(fit.summary("fit"))
-        with StageTimer(device) as ref:
-            with torch.no_grad():
-                z = sample_chain(post, prior, s, rng, eta=cfg.eta_fit, cond=cond,
-                                 guidance_scale=cfg.fit_guidance).z[-1]
-            samples, n_ref = refine(prior, op, y, z, rng, cfg, likelihood=cfg.make_likelihood(), cond=cond,
-                                    progress=ref.tick)
-        row.update(ref.summary("refine"))
-        row["refine_steps_run"] = n_ref
-        row["samples_finite"] = bool(torch.isfinite(samples).all()) and not bool(failed.any())
-        row["s_per_image"] = (row["fit_s"] + row["refine_s"]) / b
-        row["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        row.update(time_vipaint(prior, op, y, rng, cfg, s, device, cond=cond))
     except torch.cuda.OutOfMemoryError as err:
         row["error"] = f"OOM: {str(err).splitlines()[0]}"
     del prior, te, encs
