@@ -33,6 +33,18 @@ from vipaint.seeding import ImageRNG
 B, S = 8, 16
 
 
+def observed_problem(vp: SyntheticMixturePrior, n: int):
+    """The study's observations of `n` prior samples (50 % random-pixel masks, σ_y = 0.05, fixed seeds) on the
+    VP prior `vp`: (operator, y, exact posterior mean, 256 exact posterior samples). The same problem serves
+    tests/test_flow_methods.py."""
+    x = vp.sample(n, torch.Generator().manual_seed(1))
+    mask = (torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    op = Inpainting(mask, sigma_y=0.05)
+    y = op.observe(x, ImageRNG(0, range(n), "observation"))
+    exact_mean = vp.exact_posterior(op, y).mean().float()
+    return op, y, exact_mean, vipaint.solve("exact", vp, op, y, n_samples=256, seed=99)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=4)
@@ -46,12 +58,7 @@ def main(argv: list[str] | None = None) -> None:
               ("flow", "shift 3 (SD3)"): SyntheticMixturePrior(**kw, noise_path="flow", shift=3.0),
               ("flow", "shift 1"): SyntheticMixturePrior(**kw, noise_path="flow", shift=1.0)}
     vp = priors[("vp", "DDPM linear")]
-    x = vp.sample(B, torch.Generator().manual_seed(1))
-    mask = (torch.rand(B, 1, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5).float()
-    op = Inpainting(mask, sigma_y=0.05)
-    y = op.observe(x, ImageRNG(0, range(B), "observation"))
-    exact_mean = vp.exact_posterior(op, y).mean().float()
-    ref = vipaint.solve("exact", vp, op, y, n_samples=256, seed=99)
+    op, y, exact_mean, ref = observed_problem(vp, B)
     levels = [round(float(vp.sigma_of(550)), 4), round(float(vp.sigma_of(400)), 4)]
     methods = {"dps": dict(n_steps=250, clip_x0=False), "vipaint": dict(keypoint_sigmas=levels)}
     rows = []

@@ -5,6 +5,9 @@ noise-level keypoints and `preset: sd35_official`."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,7 +17,9 @@ from vipaint.metrics.posterior import mean_error, sliced_wasserstein
 from vipaint.operators import Inpainting
 from vipaint.priors import SyntheticMixturePrior
 from vipaint.priors.paths import path_scale
-from vipaint.seeding import ImageRNG
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from flow_paths import observed_problem
 
 B, S = 8, 16
 # Monte Carlo noise of the two errors below (mean over B = 8 images, S = 16 samples): their standard deviation
@@ -28,12 +33,7 @@ TOL = 0.002
 def problem():
     vp = SyntheticMixturePrior(image_shape=(1, 8, 8), n_components=2, seed=0)
     flow = SyntheticMixturePrior(image_shape=(1, 8, 8), n_components=2, seed=0, noise_path="flow", shift=3.0)
-    x = vp.sample(B, torch.Generator().manual_seed(1))
-    mask = (torch.rand(B, 1, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5).float()
-    op = Inpainting(mask, sigma_y=0.05)
-    y = op.observe(x, ImageRNG(0, range(B), "observation"))
-    exact_mean = vp.exact_posterior(op, y).mean().float()
-    ref = vipaint.solve("exact", vp, op, y, n_samples=256, seed=99)
+    op, y, exact_mean, ref = observed_problem(vp, B)      # the problem of benchmarks/flow_paths.py
     return vp, flow, op, y, exact_mean, ref
 
 
