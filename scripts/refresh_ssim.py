@@ -10,6 +10,13 @@ It compares every row of the two `results.json` files field by field and stops u
 value other than the SSIM columns (and the wall-clock seconds, which depend on the machine's load) are
 identical; then it writes the committed folder's tables with the rerun's SSIM values and the committed
 values of everything else, so the seconds per image of the original run are kept.
+
+A study too costly to rerun has its former-convention SSIM withdrawn from its tables instead:
+
+    python scripts/refresh_ssim.py --committed benchmarks/results/mnist_n100 --withdraw
+
+moves `ssim`/`ssim_hole` to `ssim_legacy`/`ssim_hole_legacy` in `results.json`/`.csv` (kept, labelled, not shown
+in `results.md`/`summary.md`); a later rerun refreshed as above restores the `ssim` columns.
 """
 
 from __future__ import annotations
@@ -23,6 +30,18 @@ from vipaint.bench.report import write_results
 
 REFRESHED = ("ssim", "ssim_hole")
 MACHINE = ("s_per_image", "seconds")
+LEGACY = tuple(f"{k}_legacy" for k in REFRESHED)          # former-convention values of a withdrawn study
+
+
+def withdraw(committed: Path) -> list[str]:
+    """Move `committed`'s former-convention SSIM values to the `*_legacy` keys, so its tables no longer show
+    them; returns the problems found (nothing is written when there is one)."""
+    old = json.loads((committed / "results.json").read_text())
+    if not any(k in r for r in old["rows"] for k in REFRESHED):
+        return [f"{committed}: no {'/'.join(REFRESHED)} values to withdraw"]
+    rows = [{(f"{k}_legacy" if k in REFRESHED else k): v for k, v in r.items()} for r in old["rows"]]
+    write_results(committed, rows, old.get("features", ""), old.get("perceptual", ""))
+    return []
 
 
 def refresh(committed: Path, rerun: Path) -> list[str]:
@@ -38,11 +57,14 @@ def refresh(committed: Path, rerun: Path) -> list[str]:
     for r in old["rows"]:
         n = new_rows.get(key(r), {})
         for k in set(r) | set(n):
-            if k not in REFRESHED + MACHINE and r.get(k) != n.get(k):
+            if k not in REFRESHED + MACHINE + LEGACY and r.get(k) != n.get(k):
                 problems.append(f"{key(r)} {k}: committed {r.get(k)!r}, rerun {n.get(k)!r}")
     if problems:
         return problems
-    rows = [{k: (new_rows[key(r)].get(k) if k in REFRESHED else v) for k, v in r.items()} for r in old["rows"]]
+    rows = []
+    for r in old["rows"]:
+        r = {(k.removesuffix("_legacy") if k in LEGACY else k): v for k, v in r.items()}   # a withdrawn study
+        rows.append({k: (new_rows[key(r)].get(k) if k in REFRESHED else v) for k, v in r.items()})
     write_results(committed, rows, old.get("features", ""), old.get("perceptual", ""))
     return []
 
@@ -50,9 +72,11 @@ def refresh(committed: Path, rerun: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--committed", required=True, type=Path)
-    p.add_argument("--rerun", required=True, type=Path)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rerun", type=Path, help="the rerun's folder (its results.json)")
+    how.add_argument("--withdraw", action="store_true", help="move the former-convention SSIM to *_legacy keys")
     a = p.parse_args(argv)
-    problems = refresh(a.committed, a.rerun)
+    problems = withdraw(a.committed) if a.withdraw else refresh(a.committed, a.rerun)
     for line in problems:
         print(line, file=sys.stderr)
     return 1 if problems else 0

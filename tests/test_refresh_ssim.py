@@ -42,3 +42,18 @@ def test_any_other_difference_stops_and_writes_nothing(tmp_path):
     assert (committed / "results.json").read_text() == before and not (committed / "summary.md").exists()
     missing = _folder(tmp_path / "m", [])
     assert _load().refresh(committed, missing)
+
+
+def test_withdraw_keeps_the_values_under_legacy_keys_and_hides_them(tmp_path):
+    mod = _load()
+    committed = _folder(tmp_path / "c", [{**ROW, "ssim_hole": 0.7}])
+    assert mod.withdraw(committed) == []
+    row = json.loads((committed / "results.json").read_text())["rows"][0]
+    assert row["ssim_legacy"] == 0.8 and row["ssim_hole_legacy"] == 0.7 and "ssim" not in row
+    assert "ssim" not in (committed / "summary.md").read_text() and "ssim" not in (committed / "results.md").read_text()
+    assert mod.withdraw(committed)                       # nothing left to withdraw: refused
+    # a rerun later restores the column in the published convention, row order and other keys unchanged
+    rerun = _folder(tmp_path / "r", [{**ROW, "ssim": 0.9, "ssim_hole": 0.6}])
+    assert mod.refresh(committed, rerun) == []
+    row = json.loads((committed / "results.json").read_text())["rows"][0]
+    assert row == {**ROW, "ssim": 0.9, "ssim_hole": 0.6} and "ssim" in (committed / "summary.md").read_text()
