@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vipaint
+from vipaint.api import InputError
 from vipaint.diffusion import edm_time_grid, x0_variance
 from vipaint.elbo import _interval_stoch, interval_weights, negative_elbo
 from vipaint.likelihood import Likelihood
@@ -343,3 +344,39 @@ def test_jacobian_likelihood_variance_runs_and_counts_passes():
     assert res.n_backprop == 3 * (k + 1 + 2) + 4 + 1 + 4
     with pytest.raises(ValueError, match="likelihood_variance"):
         VIPaintConfig(likelihood_variance="exact")
+
+
+# -- the refinement grid (eq. 4.4) ------------------------------------------------------------------------
+
+def test_time_grid_power_one_is_the_uniform_grid_and_larger_powers_pack_steps_near_zero():
+    from vipaint.sampling import time_grid
+
+    assert time_grid(400, 100) == time_grid(400, 100, 1.0) == list(range(400, 0, -4))
+    assert time_grid(10, None, 2.0) == list(range(10, 0, -1))          # every time: the power has no effect
+    g = time_grid(400, 100, 2.0)
+    assert g[0] == 400 and g == sorted(set(g), reverse=True) and min(g) == 1
+    assert len(g) < 100                                                    # duplicates near 0 removed
+    assert g[0] - g[1] == 8 and g[-2] - g[-1] == 1                         # coarse at T_s, fine near 0
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="power"):
+            time_grid(400, 100, bad)
+    prior, op, y, _ = _problem()
+    with pytest.raises(InputError, match="refine_time_power"):
+        vipaint.solve("vipaint", prior, op, y, refine_time_power=0.5)
+
+
+def test_a_grid_packed_toward_zero_keeps_the_variance_of_fine_directions():
+    """Unguided refinement (nothing observed) from exact z_{T_s} of a white prior with the variance of fine
+    image detail (v = 10⁻³): the last step returns E[x0 | z_{t_last}] and drops Var[x0 | z_{t_last}], which at
+    the uniform grid's t_last = 4 is 41 % of v, at the squared grid's t_last = 1 18 % (eq. 4.4)."""
+    h, v = 4, 1e-3
+    prior = GaussianPrior(torch.zeros(h * h), v * torch.eye(h * h, dtype=torch.float64), image_shape=(1, h, h))
+    op, y = Inpainting(torch.zeros(1, 1, h, h), sigma_y=0.05), torch.zeros(1, 1, h, h)
+    ab = prior.alpha_bar(400)
+    z = (ab * v + 1 - ab).sqrt() * torch.randn(500, 1, 1, h, h, generator=torch.Generator().manual_seed(0))
+    ratio = {}
+    for p in (1.0, 2.0):
+        x, nfe = refine(prior, op, y, z, ImageRNG(0, range(1)), VIPaintConfig(refine_steps=100, refine_time_power=p))
+        ratio[p] = (x.var(0).mean() / v).item()
+        assert nfe == (100 if p == 1 else 94)
+    assert ratio[1.0] < 0.6 and ratio[2.0] > 0.68

@@ -105,6 +105,8 @@ def check_options(method: str, prior: Prior, options: dict[str, object]) -> None
             _check_keypoints(v, prior)
         elif name == "s_top" and (not _is_real(v) or not 0 <= v <= 1):   # 0: μ_1 at the filled observation
             raise InputError(f"option s_top must be a number in [0, 1], got {v!r}")
+        elif name == "refine_time_power" and (not _is_real(v) or not math.isfinite(float(v)) or v < 1):
+            raise InputError(f"option refine_time_power must be a finite number >= 1, got {v!r}")
 
 
 def _check_mask(operator: Inpainting, image_shape: tuple[int, int, int]) -> None:

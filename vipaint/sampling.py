@@ -9,6 +9,7 @@ grid times cost exactly n network passes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -48,14 +49,22 @@ def descend(times: list[int]) -> list[tuple[int, int]]:
     return list(zip(times, times[1:] + [CLEAN], strict=True))
 
 
-def time_grid(t_start: int, n_steps: int | None) -> list[int]:
-    """VIPaint's refinement grid (docs/algorithm.md §4, "for t = T_s, …, 1"): network times t_start > … ≥ 1,
-    every time when `n_steps` is None or ≥ t_start, else `n_steps` near-uniform ones; then `CLEAN`."""
+def time_grid(t_start: int, n_steps: int | None, power: float = 1.0) -> list[int]:
+    """VIPaint's refinement grid (docs/algorithm.md §4, "for t = T_s, …, 1", eq. 4.4): network times
+    t_start > … ≥ 1, every time when `n_steps` is None or ≥ t_start, else round(t_start·(1 − i/n)^power)
+    for i = 0 … n, deduplicated, without 0 (power 1: near-uniform; power > 1 packs the steps toward t = 0,
+    so fewer distinct times remain); then `CLEAN`."""
+    if not (isinstance(power, (int, float)) and math.isfinite(power) and power >= 1):
+        raise ValueError(f"the refinement grid's power must be a finite number >= 1, got {power!r}")
     if n_steps is None or n_steps >= t_start:
         return list(range(t_start, 0, -1))
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    ts = torch.linspace(t_start, 0, n_steps + 1).round().long().tolist()
+    if power == 1:
+        ts = torch.linspace(t_start, 0, n_steps + 1).round().long().tolist()
+    else:
+        ramp = torch.linspace(1, 0, n_steps + 1, dtype=torch.float64)
+        ts = (t_start * ramp ** power).round().long().tolist()
     return sorted(set(ts) - {0}, reverse=True)
 
 

@@ -61,7 +61,9 @@ class VIPaintConfig:
     `std_scale` q's initial transition std in units of the DDPM posterior std (None: η_fit, the prior
     kernel's, so the hierarchical KL starts near 0); `init_fill` "zero" (official, A⁺y) or "observed_mean"
     (`initial_image`); `lr_relative` multiplies `lr_mu` by √v (the latent's std).
-    Refinement (stage 2, docs/algorithm.md §4): `guidance_form` "subtract" (z_s = z' − ζ∇E, official) or
+    Refinement (stage 2, docs/algorithm.md §4): `refine_steps` network times from T_s, spaced as
+    T_s·(1 − i/n)^`refine_time_power` (1: uniform, eq. 4.4); `guidance_form` "subtract" (z_s = z' − ζ∇E,
+    official) or
     "score" (ε̂ ← ε̂ + ζ σ_t ∇E, eq. 4.2); `zeta_over_samples` divides ζ by S (the official code
     differentiates the mean over its S samples). Stage 2 guides with the fit's likelihood (with r_t² at
     each step when "tweedie") unless `refine_likelihood` is set; DPS's guidance is `refine_likelihood:
@@ -96,6 +98,7 @@ class VIPaintConfig:
     prior_grid_points: int = _FROM_PRESET
     fit_guidance: float = _FROM_PRESET
     refine_steps: int | None = _FROM_PRESET
+    refine_time_power: float = _FROM_PRESET
     zeta: float = _FROM_PRESET
     zeta_latent_area: float | None = _FROM_PRESET
     zeta_over_samples: bool = _FROM_PRESET
@@ -277,7 +280,7 @@ def refine(prior: Prior, operator: LinearOperator, y: Tensor, z: Tensor, rng: Im
     backprop when ζ ≠ 0)."""
     cfg = cfg.for_prior(prior)
     lik = likelihood if likelihood is not None else cfg.make_refine_likelihood()
-    times = time_grid(cfg.keypoints[-1], cfg.refine_steps)
+    times = time_grid(cfg.keypoints[-1], cfg.refine_steps, cfg.refine_time_power)
     zeta = cfg.zeta / z.shape[0] if cfg.zeta_over_samples else cfg.zeta
     opts = GuidedStep(zeta=zeta, eta=cfg.eta_refine, stochastic=cfg.stochastic,
                       clip="both" if cfg.clip_x0 else "off", guidance_scale=cfg.refine_guidance,

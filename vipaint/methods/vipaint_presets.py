@@ -36,7 +36,8 @@ def _official() -> dict[str, object]:
         prior_exact_intervals=0, prior_interval_sampling="uniform",
         eta_fit=0.2 ** 0.5, s_top=0.8, gamma_init=5.0, std_scale=0.7, init_fill="zero",
         prior_grid_points=300, fit_guidance=1.0,
-        refine_steps=None, zeta=2.0, zeta_latent_area=None, zeta_over_samples=True, guidance_form="subtract",
+        refine_steps=None, refine_time_power=1.0, zeta=2.0, zeta_latent_area=None, zeta_over_samples=True,
+        guidance_form="subtract",
         eta_refine=0.2, stochastic=False, normalize_guidance=False, refine_guidance=1.0, clip_x0=False,
         refine_likelihood=None, refine_likelihood_scale=None, refine_reduction=None, cg_iterations=4,
     )
