@@ -9,7 +9,9 @@ benchmark into another folder with the current code, then:
 It compares every row of the two `results.json` files field by field and stops unless the rows and every
 value other than the SSIM columns (and the wall-clock seconds, which depend on the machine's load) are
 identical; then it writes the committed folder's tables with the rerun's SSIM values and the committed
-values of everything else, so the seconds per image of the original run are kept.
+values of everything else, so the seconds per image of the original run are kept. Fields the committed rows
+lack altogether (measured by code newer than the study, such as the decoder/encoder pass counts) are added
+from the rerun.
 
 A study too costly to rerun has its former-convention SSIM withdrawn from its tables instead:
 
@@ -57,6 +59,8 @@ def refresh(committed: Path, rerun: Path) -> list[str]:
     for r in old["rows"]:
         n = new_rows.get(key(r), {})
         for k in set(r) | set(n):
+            if k not in r and k in n and key(r) in new_rows:
+                continue                      # a field the former code did not record (e.g. codec passes): added
             if k not in REFRESHED + MACHINE + LEGACY and r.get(k) != n.get(k):
                 problems.append(f"{key(r)} {k}: committed {r.get(k)!r}, rerun {n.get(k)!r}")
     if problems:
@@ -64,7 +68,8 @@ def refresh(committed: Path, rerun: Path) -> list[str]:
     rows = []
     for r in old["rows"]:
         r = {(k.removesuffix("_legacy") if k in LEGACY else k): v for k, v in r.items()}   # a withdrawn study
-        rows.append({k: (new_rows[key(r)].get(k) if k in REFRESHED else v) for k, v in r.items()})
+        row = {k: (new_rows[key(r)].get(k) if k in REFRESHED else v) for k, v in r.items()}
+        rows.append({**row, **{k: v for k, v in new_rows[key(r)].items() if k not in row}})
     write_results(committed, rows, old.get("features", ""), old.get("perceptual", ""))
     return []
 

@@ -57,3 +57,13 @@ def test_withdraw_keeps_the_values_under_legacy_keys_and_hides_them(tmp_path):
     assert mod.refresh(committed, rerun) == []
     row = json.loads((committed / "results.json").read_text())["rows"][0]
     assert row == {**ROW, "ssim": 0.9, "ssim_hole": 0.6} and "ssim" in (committed / "summary.md").read_text()
+
+
+def test_fields_the_former_code_did_not_record_are_added_but_a_dropped_field_stops(tmp_path):
+    mod = _load()
+    committed = _folder(tmp_path / "c", [ROW])
+    rerun = _folder(tmp_path / "r", [{**ROW, "ssim": 0.9, "n_decode": 251}])
+    assert mod.refresh(committed, rerun) == []
+    assert json.loads((committed / "results.json").read_text())["rows"][0] == {**ROW, "ssim": 0.9, "n_decode": 251}
+    dropped = _folder(tmp_path / "d", [{k: v for k, v in ROW.items() if k != "psnr"}])
+    assert any("psnr" in line for line in mod.refresh(committed, dropped))
