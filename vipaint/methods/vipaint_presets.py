@@ -5,7 +5,8 @@
   N(y; A x̂0(z_t), σ_y² I + A Cov[x0|z_t] Aᵀ) by 4 conjugate-gradient iterations (eq. 4.3), the prior-loss
   intervals next to T_e computed exactly every iteration, q initialised on the prior (transition std =
   the kernel's, holes at the observed mean), learning rates in units of the latent's std, and the
-  refinement step ε̂ → ε̂ + ζ σ_t ∇_{z_t} E (ζ = 1: the conditional score; docs/algorithm.md §4, §9).
+  refinement step ε̂ → ε̂ + ζ σ_t ∇_{z_t} E (ζ = 1: the conditional score; docs/algorithm.md §4, §9) on 100
+  ancestral steps at times T_s(1 − i/100)² (eq. 4.4: packed toward t = 0, 94 distinct times from T_s = 400).
 - "official": the official LDM code's behaviour (docs/algorithm.md §5): 100·L1 with element means,
   β = 100, the official learning rates and initialisation, and a refinement step of ζ/S per sample (the
   official code differentiates the mean over its S samples). Setting `zeta_over_samples: false` on top
@@ -50,7 +51,7 @@ def _principled() -> dict[str, object]:
         likelihood="gaussian", likelihood_scale=None, likelihood_variance="covariance", cg_iterations=4,
         prior_exact_intervals=2, prior_interval_sampling="importance",
         std_scale=None, init_fill="observed_mean",
-        refine_steps=100, zeta=1.0, zeta_over_samples=False, guidance_form="score",
+        refine_steps=100, refine_time_power=2.0, zeta=1.0, zeta_over_samples=False, guidance_form="score",
         eta_refine=1.0, stochastic=True,
     )}
 
