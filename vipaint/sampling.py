@@ -60,7 +60,7 @@ def time_grid(t_start: int, n_steps: int | None, power: float = 1.0) -> list[int
         return list(range(t_start, 0, -1))
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if power == 1:
+    if power == 1:                      # the former float32 grid, kept bit for bit
         ts = torch.linspace(t_start, 0, n_steps + 1).round().long().tolist()
     else:
         ramp = torch.linspace(1, 0, n_steps + 1, dtype=torch.float64)
