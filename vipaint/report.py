@@ -161,9 +161,12 @@ def build_report(out: Path, indices: list[int] | None = None, *, features=None,
 
 
 def _plot_traces(out: Path, max_curves: int = 32, keep: set[str] | None = None) -> None:
-    files = [p for p in sorted((out / "samples").glob("*.npz")) if keep is None or p.stem in keep][:max_curves]
+    """elbo.png: the fit objective per iteration, `max_curves` images as thin lines and the median over every
+    image (of equal trace length) as a bold line, so a descent shows through the per-iteration noise."""
     curves = []
-    for p in files:
+    for p in sorted((out / "samples").glob("*.npz")):
+        if keep is not None and p.stem not in keep:
+            continue
         with np.load(p) as z:
             if "trace_objective" in z:
                 curves.append((p.stem, z["trace_objective"]))
@@ -175,11 +178,16 @@ def _plot_traces(out: Path, max_curves: int = 32, keep: set[str] | None = None) 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for _name, c in curves:
-        ax.plot(np.arange(1, len(c) + 1), c, lw=0.8, alpha=0.7)
+    for _name, c in curves[:max_curves]:
+        ax.plot(np.arange(1, len(c) + 1), c, lw=0.8, alpha=0.5)
+    n = max(len(c) for _, c in curves)
+    full = np.stack([c for _, c in curves if len(c) == n])
+    ax.plot(np.arange(1, n + 1), np.nanmedian(full, axis=0), lw=2.5, color="black",
+            label=f"median of {len(full)} images")
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel("iteration")
     ax.set_ylabel("negative ELBO (objective)")
-    ax.set_title(f"VIPaint fit, {len(curves)} images")
+    ax.set_title(f"VIPaint fit, {min(len(curves), max_curves)} of {len(curves)} images")
     fig.tight_layout()
     fig.savefig(out / "elbo.png", dpi=100)
     plt.close(fig)

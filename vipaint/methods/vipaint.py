@@ -24,7 +24,8 @@ from vipaint.priors.base import Prior
 from vipaint.sampling import GuidedStep, abar, descend, guided_denoise, guided_step, time_grid, x0_variance_estimate
 from vipaint.seeding import ImageRNG
 
-__all__ = ["VIPaintConfig", "vipaint", "fit_posterior", "refine", "prior_data_variance"]
+__all__ = ["VIPaintConfig", "FitObjective", "vipaint", "initialise_fit", "fit_posterior", "refine",
+           "prior_data_variance"]
 
 
 class _Unset:
@@ -187,14 +188,32 @@ def prior_data_variance(prior: Prior, cfg: VIPaintConfig) -> float:
     return 1.0
 
 
-def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageRNG, cfg: VIPaintConfig,
-                  *, cond: Tensor | None = None, progress: Progress | None = None
-                  ) -> tuple[HierarchicalPosterior, Tensor, Tensor, list[str]]:
-    """Stage 1 (docs/algorithm.md §3): Adam on the summed negative ELBO of the B observations.
+@dataclass
+class FitObjective:
+    """The negative ELBO the fit descends (docs/algorithm.md 3.1) with its per-fit constants: the prior-loss
+    time grid and interval probabilities (§3a), the likelihood and its extra variance r² fixed at the initial
+    q_λ (§3c). Calling it draws one Monte Carlo estimate per image [B] from `rng`."""
 
-    Returns the posterior, the objective trace [iterations, B], per-image failure flags [B] and reasons.
-    An image whose objective or gradients turn non-finite is frozen and flagged.
-    """
+    cfg: VIPaintConfig
+    grid: Tensor
+    probs: Tensor | None
+    likelihood: Likelihood
+    r2: float | Tensor
+
+    def __call__(self, post: HierarchicalPosterior, prior: Prior, operator: LinearOperator, y: Tensor,
+                 rng: ImageRNG, cond: Tensor | None = None) -> Tensor:
+        c = self.cfg
+        return negative_elbo(post, prior, operator, y, self.likelihood, rng, n_mc=c.n_mc, grid=self.grid,
+                             eta=c.eta_fit, beta_prior=c.beta_prior, beta_hier=c.beta_hier, reduction=c.reduction,
+                             cond=cond, n_exact=c.prior_exact_intervals, interval_probs=self.probs,
+                             rec_extra_var=self.r2, guidance_scale=c.fit_guidance).objective
+
+
+def initialise_fit(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageRNG, cfg: VIPaintConfig,
+                   *, cond: Tensor | None = None) -> tuple[HierarchicalPosterior, FitObjective]:
+    """The initial q_λ (docs/algorithm.md 2.3) and the objective of its fit: the first, deterministic part of
+    `fit_posterior` (it draws the same numbers from `rng`), exposed so that a benchmark can evaluate the
+    objective at the initial and at the fitted q_λ with common random numbers."""
     cfg = cfg.for_prior(prior)
     if max(cfg.keypoints) >= prior.num_timesteps - 1 or min(cfg.keypoints) < 1:
         raise ValueError(f"keypoints {cfg.keypoints} must lie in [1, T-1) with T = {prior.num_timesteps}")
@@ -203,9 +222,6 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     post = HierarchicalPosterior.initialise(y_enc.detach(), prior, cfg.keypoints, rng, s_top=cfg.s_top,
                                             gamma_init=cfg.gamma_init, std_scale=std_scale)
     v = prior_data_variance(prior, cfg)
-    lr_mu = cfg.lr_mu * v ** 0.5 if cfg.lr_relative else cfg.lr_mu
-    opt = torch.optim.Adam(post.param_groups(lr_mu, cfg.lr_logvar, cfg.lr_gamma), betas=cfg.adam_betas)
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma_decay)
     grid = edm_time_grid(prior.alphas_cumprod, cfg.keypoints[0], n=cfg.prior_grid_points)
     probs = None
     if cfg.prior_interval_sampling == "importance":
@@ -216,17 +232,30 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
         r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v))
     elif cfg.variance_mode(lik) in ("jacobian", "covariance"):
         r2 = _initial_x0_variance(post, prior, rng, cfg, cond)
+    return post, FitObjective(cfg, grid, probs, lik, r2)
+
+
+def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageRNG, cfg: VIPaintConfig,
+                  *, cond: Tensor | None = None, progress: Progress | None = None
+                  ) -> tuple[HierarchicalPosterior, Tensor, Tensor, list[str]]:
+    """Stage 1 (docs/algorithm.md §3): Adam on the summed negative ELBO of the B observations.
+
+    Returns the posterior, the objective trace [iterations, B], per-image failure flags [B] and reasons.
+    An image whose objective or gradients turn non-finite is frozen and flagged.
+    """
+    cfg = cfg.for_prior(prior)
+    post, objective = initialise_fit(prior, operator, y, rng, cfg, cond=cond)
+    v = prior_data_variance(prior, cfg)
+    lr_mu = cfg.lr_mu * v ** 0.5 if cfg.lr_relative else cfg.lr_mu
+    opt = torch.optim.Adam(post.param_groups(lr_mu, cfg.lr_logvar, cfg.lr_gamma), betas=cfg.adam_betas)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma_decay)
     b = y.shape[0]
     failed = torch.zeros(b, dtype=torch.bool)
     reasons = [""] * b
     trace = torch.zeros(cfg.iterations, b)
     for it in range(cfg.iterations):
         opt.zero_grad(set_to_none=True)
-        terms = negative_elbo(post, prior, operator, y, lik, rng, n_mc=cfg.n_mc, grid=grid, eta=cfg.eta_fit,
-                              beta_prior=cfg.beta_prior, beta_hier=cfg.beta_hier, reduction=cfg.reduction,
-                              cond=cond, n_exact=cfg.prior_exact_intervals,
-                              interval_probs=probs, rec_extra_var=r2, guidance_scale=cfg.fit_guidance)
-        obj = terms.objective
+        obj = objective(post, prior, operator, y, rng, cond)
         bad = ~torch.isfinite(obj.detach()).cpu()
         for i in torch.nonzero(bad & ~failed).flatten().tolist():
             reasons[i] = f"non-finite ELBO at iteration {it} (objective {obj[i].item()})"
