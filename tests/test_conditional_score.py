@@ -126,3 +126,21 @@ def test_covariance_refinement_is_resolution_invariant_where_the_scalar_is_not()
     assert abs(cov16 - cov8) < 0.2
     scalar16 = _hole_std_ratio(16, "jacobian")
     assert not scalar16 < 1.5                                     # measured 2.4·10⁵ (over-dispersed), or non-finite
+
+
+def test_cg_stops_where_the_learned_covariance_is_not_positive():
+    """A Jacobian with pᵀ H Σ_t Hᵀ p < 0 (possible for a learned network, never for a covariance) makes
+    pᵀ C_t p smaller than σ_y² pᵀp; CG must stop there instead of dividing by a near-zero curvature (a
+    2026-12-03 run on Fashion-MNIST had samples blow up to |x| ≈ 1,600 that way)."""
+    ab = torch.tensor(0.5, dtype=torch.float64)
+    c_t = float((1 - ab) / ab.sqrt())
+    sy2 = 0.0025
+    z = torch.randn(1, 1, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    z.requires_grad_(True)
+    k = (sy2 - 1e-9) / c_t                  # pᵀ C_t p = σ_y² pᵀp − c_t k pᵀp = 1e-9 pᵀp > 0, but < σ_y² pᵀp
+    meas = -k * z
+    r = torch.ones(1, 1, 1, 4, 4, dtype=torch.float64)
+    got = conditional_score_cg(z, meas, r, ab, sy2, lambda s: s, 3)
+    assert torch.isfinite(got).all() and got.abs().max() == 0     # stopped at the first iteration
+    ok = conditional_score_cg(z, k * z, r, ab, sy2, lambda s: s, 3)           # a positive one is solved
+    torch.testing.assert_close(ok, k * r / (sy2 + c_t * k))

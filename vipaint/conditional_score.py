@@ -56,7 +56,8 @@ def conditional_score_cg(z: Tensor, measurement: Tensor, residual: Tensor, abar_
     exact score, a symmetric Jacobian). `forward` is s ↦ H s (the operator itself for pixel priors,
     `linearised_forward` of A∘D for latent ones). One iteration is the exact minimiser along the residual: the
     scalar variance σ_y² + r̃² with r̃² = rᵀ H Σ_t Hᵀ r / ‖r‖², the posterior variance along r. An iteration
-    whose curvature pᵀ C_t p is not positive (a non-symmetric learned Jacobian) stops that sample.
+    whose curvature pᵀ C_t p falls below σ_y² pᵀp (impossible for a covariance; a learned Jacobian that is
+    not positive semi-definite along p) stops that sample, so every step length is ≤ 1/σ_y².
     `residual` = y − h(z_t) [S, B, *measurement], detached. Returns [S, B, *latent], detached."""
     if n_iter < 1:
         raise ValueError(f"conditional_score_cg needs n_iter >= 1, got {n_iter}")
@@ -70,7 +71,8 @@ def conditional_score_cg(z: Tensor, measurement: Tensor, residual: Tensor, abar_
         (s,) = torch.autograd.grad(measurement, z, p, retain_graph=True)            # Jᵀ Hᵀ p
         kp = sigma_y2 * p + c_t * forward(s)                                       # C_t p
         pkp = _dot(p, kp)
-        live = live & (pkp > 1e-30) & (rr > 1e-30)
+        # a covariance gives pᵀ C_t p ≥ σ_y² pᵀp; a learned Jacobian can break it and make a = rr/pkp explode
+        live = live & (pkp > 1e-30) & (pkp >= (1.0 - 1e-6) * sigma_y2 * _dot(p, p)) & (rr > 1e-30)
         a = torch.where(live, rr / pkp.clamp_min(1e-30), torch.zeros_like(rr))
         grad = grad + _per_sample(a, s) * s
         r = r - _per_sample(a, kp) * kp
