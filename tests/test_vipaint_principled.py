@@ -243,28 +243,6 @@ def test_fit_moves_weights_and_means():
     assert (post.mu - init.mu).abs().mean() > 0.05
 
 
-def test_initialise_fit_is_the_fits_start():
-    """`initialise_fit` draws what `fit_posterior` draws first: with the same stream, its objective gives the
-    fit's first trace value exactly, its q_λ equals a zero-iteration fit, and the same evaluation stream
-    gives the same estimate twice (the common random numbers of benchmarks/fit_descent.py)."""
-    from vipaint.methods.vipaint import fit_posterior, initialise_fit
-
-    prior, op, y, _ = _problem(h=8, b=2)
-    cfg = VIPaintConfig(iterations=1)
-    _, trace, _, _ = fit_posterior(prior, op, y, ImageRNG(0, range(2)), cfg)
-    rng = ImageRNG(0, range(2))
-    post, objective = initialise_fit(prior, op, y, rng, cfg)
-    torch.testing.assert_close(objective(post, prior, op, y, rng).detach(), trace[0])
-    zero, _, _, _ = fit_posterior(prior, op, y, ImageRNG(0, range(2)), cfg.overridden(iterations=0))
-    torch.testing.assert_close(post.mu, zero.mu)
-    with torch.no_grad():
-        a = objective(post, prior, op, y, ImageRNG(5, range(2), "evaluate"))
-        b = objective(post, prior, op, y, ImageRNG(5, range(2), "evaluate"))
-        c = objective(post, prior, op, y, ImageRNG(6, range(2), "evaluate"))
-    torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, c)
-
-
 # -- refinement --------------------------------------------------------------------------------------
 
 def _score_step_effect(h: int) -> torch.Tensor:
