@@ -86,7 +86,7 @@ def test_tables_are_copies_of_the_committed_results():
 
 
 @pytest.mark.parametrize("doc, row, bad", [
-    ("README.md", "| all | 36 | 0.2473 | 19.53 | 16.04", "| all | 36 | 0.2473 | 19.54 | 16.04"),
+    ("README.md", "| all | 36 | 0.2113 | 20.11 | 16.62", "| all | 36 | 0.2113 | 20.12 | 16.62"),
     ("README.md", "| vipaint | 251 | 81.91 | 0.01334", "| vipaint | 251 | 80.00 | 0.01334"),   # selected columns
     ("benchmarks/results/gaussian_mixture/NOTES.md", "| vipaint | 16 | 251 | 0.02748",
      "| vipaint | 16 | 251 | 0.01000"),
