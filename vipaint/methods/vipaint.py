@@ -180,8 +180,7 @@ def fit_posterior(prior: Prior, operator: LinearOperator, y: Tensor, rng: ImageR
     """
     cfg = cfg.for_prior(prior)
     post, objective = initialise_fit(prior, operator, y, rng, cfg, cond=cond)
-    v = prior_data_variance(prior, cfg)
-    lr_mu = cfg.lr_mu * v ** 0.5 if cfg.lr_relative else cfg.lr_mu
+    lr_mu = cfg.lr_mu * objective.data_variance ** 0.5 if cfg.lr_relative else cfg.lr_mu
     opt = torch.optim.Adam(post.param_groups(lr_mu, cfg.lr_logvar, cfg.lr_gamma), betas=cfg.adam_betas)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma_decay)
     b = y.shape[0]

@@ -54,6 +54,7 @@ class FitObjective:
     probs: Tensor | None
     likelihood: Likelihood
     r2: float | Tensor
+    data_variance: float                # v of (3.8), which also scales the fit's learning rate of μ
 
     def __call__(self, post: HierarchicalPosterior, prior: Prior, operator: LinearOperator, y: Tensor,
                  rng: ImageRNG, cond: Tensor | None = None) -> Tensor:
@@ -87,7 +88,7 @@ def initialise_fit(prior: Prior, operator: LinearOperator, y: Tensor, rng: Image
         r2 = float(x0_variance(prior.alpha_bar(cfg.keypoints[-1]).double().item(), v))
     elif cfg.variance_mode(lik) in ("jacobian", "covariance"):
         r2 = _initial_x0_variance(post, prior, rng, cfg, cond)
-    return post, FitObjective(cfg, grid, probs, lik, r2)
+    return post, FitObjective(cfg, grid, probs, lik, r2, v)
 
 
 def _initial_x0_variance(post: HierarchicalPosterior, prior: Prior, rng: ImageRNG, cfg: VIPaintConfig,
