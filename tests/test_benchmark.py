@@ -270,3 +270,22 @@ def test_hole_ink_by_hand(tmp_path):
         assert (r["ink_samples"], r["ink_truth"], r["ink_abs_error"]) == pytest.approx((0.5, 0.5, 0.5))
     mod.main(["--out", str(tmp_path)])
     assert "| demo | all | 2 | 0.5 | 0.5 | 0.5 |" in (tmp_path / "hole_ink.md").read_text()
+
+
+def test_read_timing_falls_back_to_per_index_files(tmp_path):
+    """A run resumed over several sessions has no timing.json: its seconds per image are the mean of the
+    per-index files, and only when every index has one."""
+    from vipaint.bench.run import read_timing
+
+    folder = tmp_path / "m"
+    (folder / "metrics").mkdir(parents=True)
+    (folder / "timing").mkdir()
+    for i, s in enumerate([1.0, 2.0, 6.0]):
+        (folder / "metrics" / f"{i:06d}.json").write_text("{}")
+        (folder / "timing" / f"{i:06d}.json").write_text(json.dumps({"s_per_image": s}))
+    got = read_timing(folder)
+    assert got["seconds_per_image"] == pytest.approx(3.0) and got["images"] == 3 and got["source"] == "per-index"
+    (folder / "timing" / "000002.json").unlink()
+    assert read_timing(folder) == {}
+    (folder / "timing.json").write_text(json.dumps({"seconds_per_image": 0.5}))
+    assert read_timing(folder) == {"seconds_per_image": 0.5}

@@ -4,7 +4,8 @@
 
 Reads the test-split run `python -m vipaint.bench --spec … --split test` left in the spec's `out`: per
 method `metrics/<index>.json` (per-image metrics, UNet and codec passes), `samples_u8/<index>.npz` (uint8
-composites, `vipaint.samples_u8`) and `timing.json`, and the tuned YAMLs the spec names. Refuses a folder
+composites, `vipaint.samples_u8`), its seconds per image (`timing.json`, else the per-index `timing/`
+files: `vipaint.bench.run.read_timing`), and the tuned YAMLs the spec names. Refuses a folder
 whose images are not exactly the test split's, or a tuned setting chosen on test rows. Writes
 `benchmarks/results/leaderboard/<name>.md` (ranked table, per-mask table, budgets), `<name>_summary.md`
 (the ranked table alone, for `scripts/readme_tables.py`), `<name>.json`,
@@ -27,6 +28,7 @@ import torch
 import yaml
 
 from vipaint.bench.report import md_table
+from vipaint.bench.run import read_timing
 from vipaint.bench.splits import check_tuned, image_source, load_tuned, spec_split
 from vipaint.samples_u8 import load_u8
 
@@ -74,8 +76,7 @@ def _row(name: str, items: list[dict], folder: Path, features) -> dict:
     for key, col in (("nfe", "nfe"), ("n_decode", "nfe_decoder"), ("n_encode", "nfe_encoder")):
         vals = [m[key] for m in metas if m.get(key) is not None]
         row[col] = float(np.mean(vals)) if vals else None
-    timing = folder / "timing.json"
-    row["s_per_image"] = json.loads(timing.read_text())["seconds_per_image"] if timing.is_file() else None
+    row["s_per_image"] = read_timing(folder).get("seconds_per_image")
     if features is not None and all("composite" in it for it in items):
         real = torch.stack([it["image"] for it in items])
         row.update({k: v for k, v in distribution_metrics(real, torch.cat([it["composite"] for it in items]),

@@ -1,7 +1,8 @@
 """Run the methods of a benchmark spec through the same Lightning predict path as `vipaint predict`.
 
 Every method writes into `<out>/<method>/` (so an interrupted benchmark resumes); a complete fresh run
-of a method also writes its wall-clock time per image to `<out>/<method>/timing.json`.
+of a method also writes its wall-clock time per image to `<out>/<method>/timing.json`; a resumed one is
+timed by the mean of its per-index `timing/` files (`read_timing`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def run_method(cli, writer, name: str, opts: dict, folder: Path) -> dict:
 
 
 def read_timing(method_dir: Path) -> dict:
-    """The `timing.json` of a complete fresh run of a method ({} if its images came from several runs)."""
+    """Seconds per image of a method's results: the `timing.json` of a complete fresh run; else, for a run
+    resumed over several sessions, the mean of the per-index `timing/<index>.json` (batch time / batch size)
+    when every index of `metrics/` has one (`"source": "per-index"`); else {}."""
+    method_dir = Path(method_dir)
     tfile = method_dir / "timing.json"
-    return json.loads(tfile.read_text()) if tfile.exists() else {}
+    if tfile.exists():
+        return json.loads(tfile.read_text())
+    stems = [f.stem for f in (method_dir / "metrics").glob("*.json")]
+    files = [method_dir / "timing" / f"{s}.json" for s in stems]
+    if not stems or not all(f.is_file() for f in files):
+        return {}
+    seconds = [json.loads(f.read_text())["s_per_image"] for f in files]
+    return {"seconds": float(sum(seconds)), "images": len(seconds),
+            "seconds_per_image": float(sum(seconds)) / len(seconds), "source": "per-index"}
