@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from vipaint.bench.leaderboard import leaderboard, paired_mean_bootstrap
 from vipaint.bench.splits import Split, check_tuned, method_options, spec_split
@@ -235,3 +236,47 @@ def test_a_committed_tuned_yaml_is_a_predict_config():
     want = yaml.safe_load(tuned.read_text())["model"]
     assert cli.model.method == want["method"] == "ddnm"
     assert cli.model.method_options == want["method_options"]        # replaced, not merged with VIPaint's preset
+
+
+class _CountingNet(nn.Module):
+    """A tiny feature network that counts the images it sees."""
+
+    num_features, label = 8, "counting"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.seen = nn.Linear(48, 8), 0
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        return self.proj(x.flatten(1))
+
+
+def test_leaderboard_rebuild_reuses_the_saved_features(tmp_path, monkeypatch):
+    """FID/KID of the uint8 images: a second build reads each row's saved features and gives the same
+    numbers without calling the network."""
+    import vipaint.metrics
+
+    net = _CountingNet()
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (net, "counting"))
+    spec_file = tmp_path / "exp.yaml"
+    spec_file.write_text(yaml.safe_dump({"data": {"source": "prior"}, "model": {}}))
+    spec = {"config": str(spec_file), "out": str(tmp_path / "runs"), "fid": True,
+            "splits": {"validation": {"start": 5, "num_images": 2}, "test": {"start": 0, "num_images": 3}},
+            "methods": {"a": {}, "b": {}}}
+    _fake_run(tmp_path / "runs" / "a", list(range(6)), 0.0)
+    _fake_run(tmp_path / "runs" / "b", list(range(6)), 0.05)
+    first = leaderboard(spec, "spec.yaml", "toy", tmp_path / "lb", replicates=50)
+    assert net.seen > 0 and (tmp_path / "runs" / "a" / "features" / "leaderboard_u8.pt").is_file()
+    net.seen = 0
+    second = leaderboard(spec, "spec.yaml", "toy", tmp_path / "lb", replicates=50)
+    assert net.seen == 0
+    assert [(r["fid"], r["kid"]) for r in second] == [(r["fid"], r["kid"]) for r in first]
+    (tmp_path / "runs" / "b" / "timing.json").unlink()       # resumed: per-index timing files, said so
+    (tmp_path / "runs" / "b" / "timing").mkdir()
+    for i in range(6):
+        (tmp_path / "runs" / "b" / "timing" / f"{i:06d}.json").write_text(json.dumps({"s_per_image": 2.0}))
+    third = leaderboard(spec, "spec.yaml", "toy", tmp_path / "lb", replicates=50)
+    assert [r["s_per_image"] for r in third] == [0.5, 2.0]
+    assert "The s_per_image of b is the mean of per-index" in (tmp_path / "lb" / "toy.md").read_text()

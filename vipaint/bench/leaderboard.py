@@ -5,7 +5,9 @@
 Reads the test-split run `python -m vipaint.bench --spec … --split test` left in the spec's `out`: per
 method `metrics/<index>.json` (per-image metrics, UNet and codec passes), `samples_u8/<index>.npz` (uint8
 composites, `vipaint.samples_u8`), its seconds per image (`timing.json`, else the per-index `timing/`
-files: `vipaint.bench.run.read_timing`), and the tuned YAMLs the spec names. Refuses a folder
+files: `vipaint.bench.run.read_timing`), and the tuned YAMLs the spec names. The Inception features of
+each row's uint8 images are kept in `<row>/features/leaderboard_u8.pt` (not committed), so a rebuild on the
+same machine skips them. Refuses a folder
 whose images are not exactly the test split's, or a tuned setting chosen on test rows. Writes
 `benchmarks/results/leaderboard/<name>.md` (ranked table, per-mask table, budgets), `<name>_summary.md`
 (the ranked table alone, for `scripts/readme_tables.py`), `<name>.json`,
@@ -65,7 +67,8 @@ def _expected_indices(split_rows: range, items: dict[int, dict]) -> set[int]:
 
 
 def _row(name: str, items: list[dict], folder: Path, features) -> dict:
-    from vipaint.bench.features import distribution_metrics
+    from vipaint.bench.features import distribution_metrics, image_key
+    from vipaint.metrics import to_unit_rgb
 
     metas = [it["meta"] for it in items]
     row: dict = {"method": name, "images": len(items)}
@@ -76,11 +79,15 @@ def _row(name: str, items: list[dict], folder: Path, features) -> dict:
     for key, col in (("nfe", "nfe"), ("n_decode", "nfe_decoder"), ("n_encode", "nfe_encoder")):
         vals = [m[key] for m in metas if m.get(key) is not None]
         row[col] = float(np.mean(vals)) if vals else None
-    row["s_per_image"] = read_timing(folder).get("seconds_per_image")
+    timing = read_timing(folder)
+    row["s_per_image"], row["timing"] = timing.get("seconds_per_image"), timing.get("source", "run")
     if features is not None and all("composite" in it for it in items):
         real = torch.stack([it["image"] for it in items])
-        row.update({k: v for k, v in distribution_metrics(real, torch.cat([it["composite"] for it in items]),
-                                                          features).items() if k in ("fid", "kid")})
+        fake = torch.cat([it["composite"] for it in items])
+        cache = folder / "features" / "leaderboard_u8.pt"     # not committed (.gitignore): a rebuild's shortcut
+        features.load(cache)
+        row.update({k: v for k, v in distribution_metrics(real, fake, features).items() if k in ("fid", "kid")})
+        features.save(cache, [image_key(u) for u in to_unit_rgb(torch.cat([real, fake]))])
     return row
 
 
@@ -164,7 +171,10 @@ def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: li
              "posterior or the prior). nfe: network passes per sample (UNet); nfe_decoder / nfe_encoder: codec "
              "passes (0 for a pixel prior); s_per_image: wall seconds per observation (all its samples) of the "
              "run, on the machine that ran it. setting: tuned (chosen on the validation split), published (the "
-             "values of vipaint/tune/spaces.py, with the spec's fixed options) or as given in the spec.", "",
+             "values of vipaint/tune/spaces.py, with the spec's fixed options) or as given in the spec.",
+             *[f"The s_per_image of {', '.join(per)} is the mean of per-index batch times of a run resumed over "
+               "several sessions, which may have shared the machine with other runs (an upper bound)."
+               for per in [[r["method"] for r in rows if r.get("timing") == "per-index"]] if per], "",
              f"## {metric} per mask type", "",
              *md_table(per_mask, ["method", *masks]), ""]
     if budgets:
