@@ -87,7 +87,8 @@ def test_tables_are_copies_of_the_committed_results():
 
 @pytest.mark.parametrize("doc, row, bad", [
     ("README.md", "| all | 36 | 0.2113 | 20.11 | 16.62", "| all | 36 | 0.2113 | 20.12 | 16.62"),
-    ("README.md", "| 3 | vipaint_published | published | 19.69", "| 3 | vipaint_published | published | 19.96"),   # selected columns
+    # selected columns
+    ("README.md", "| 3 | vipaint_published | published | 19.69", "| 3 | vipaint_published | published | 19.96"),
     ("benchmarks/results/gaussian_mixture/NOTES.md", "| vipaint | 16 | 251 | 0.02748",
      "| vipaint | 16 | 251 | 0.01000"),
     ("benchmarks/README.md", "| ddnm | blur | 1.5725", "| ddnm | blur | 0.0100"),
