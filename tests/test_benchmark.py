@@ -289,3 +289,16 @@ def test_read_timing_falls_back_to_per_index_files(tmp_path):
     assert read_timing(folder) == {}
     (folder / "timing.json").write_text(json.dumps({"seconds_per_image": 0.5}))
     assert read_timing(folder) == {"seconds_per_image": 0.5}
+
+
+def test_results_md_flags_seconds_from_a_resumed_run(tmp_path):
+    """results.md says which methods' seconds come from per-index times of a resumed run, and only those."""
+    from vipaint.bench.report import write_results
+
+    rows = [{"method": "a", "mask": "all", "images": 3, "nfe": 10, "s_per_image": 2.0, "timing": "per-index"},
+            {"method": "b", "mask": "all", "images": 3, "nfe": 10, "s_per_image": 1.0}]
+    write_results(tmp_path, rows, "feat", "perc")
+    md = (tmp_path / "results.md").read_text()
+    assert "The s_per_image of a is the mean of per-index batch times" in md
+    write_results(tmp_path, rows[1:], "feat", "perc")
+    assert "per-index" not in (tmp_path / "results.md").read_text()

@@ -150,3 +150,45 @@ def test_cli_name_keeps_two_references(tmp_path, monkeypatch):
     second = json.loads((tmp_path / "fid_bootstrap_vs_b.json").read_text())
     assert (first["reference"], second["reference"]) == ("a", "b")
     assert "Reference: b" in (tmp_path / "fid_bootstrap_vs_b.md").read_text()
+
+
+def test_bootstrap_from_the_committed_uint8_samples(tmp_path, monkeypatch):
+    """`--u8` compares runs from their committed uint8 composites alone (a run resumed over fresh clones has no
+    float samples for its first indices): the FIDs are close to the float ones, a rerun takes the features
+    from the cache, and an index without a uint8 file is missing from that method."""
+    import vipaint.metrics
+    from vipaint.bench.bootstrap import main
+    from vipaint.samples_u8 import save_u8
+
+    rng = np.random.default_rng(3)
+    images = np.clip(rng.standard_normal((12, 1, 8, 8)) * 0.5, -1, 1).astype(np.float32)
+    masks = ["box"] * 6 + ["half"] * 6
+    for name, shift, seed in (("a", 0.0, 1), ("b", 0.4, 2)):
+        _write_method(tmp_path, name, images, shift, masks, seed)
+        (tmp_path / name / "samples_u8").mkdir()
+        for i in range(len(images)):
+            with np.load(tmp_path / name / "samples" / f"{i:06d}.npz") as z:
+                save_u8(tmp_path / name / "samples_u8" / f"{i:06d}.npz", torch.from_numpy(z["composite"]),
+                        torch.from_numpy(z["image"]), torch.from_numpy(z["mask"]))
+    net = _Proj()
+    floats = bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=30)
+    for name in ("a", "b"):
+        shutil.rmtree(tmp_path / name / "samples")
+        shutil.rmtree(tmp_path / name / "features")
+    with pytest.raises(FileNotFoundError, match="--u8"):
+        bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=30)
+    quantised = bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=30, u8=True)
+    assert [(r["method"], r["mask"]) for r in quantised] == [(r["method"], r["mask"]) for r in floats]
+    for f, q in zip(floats, quantised, strict=True):
+        assert q["fid"] == pytest.approx(f["fid"], rel=0.05, abs=1e-3) and q["fid_results_json"] is None
+    assert quantised[-1]["delta_vs_ref"] > 0
+    assert (tmp_path / "b" / "features" / "leaderboard_u8.pt").is_file()
+    calls = net.calls
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (net, "proj"))
+    main(["--out", str(tmp_path), "--u8", "--replicates", "30"])
+    assert net.calls == calls                                             # features came from the cache
+    assert json.loads((tmp_path / "fid_bootstrap.json").read_text())["images"] == "samples_u8"
+    assert "uint8" in (tmp_path / "fid_bootstrap.md").read_text()
+    (tmp_path / "b" / "samples_u8" / "000004.npz").unlink()
+    with pytest.raises(ValueError, match="same data"):
+        bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=5, u8=True)

@@ -10,6 +10,11 @@ another file name, e.g. a second reference): per method and mask the FID, its bo
 the reference method with a 95 % percentile interval, and the share of resamples in which the reference
 has the lower FID. FID is biased upwards on resamples (repeated images), so the table reports the
 full-set FID and uses the resamples only for spread and paired differences.
+
+`--u8` reads the committed uint8 composites (`<out>/<method>/samples_u8/`, `vipaint.samples_u8`) instead,
+so a run resumed over several fresh clones, whose float samples are spread over machines, can still be
+compared; its FIDs are those of the quantised images (as in the leaderboard), so the check against
+results.json is skipped.
 """
 
 from __future__ import annotations
@@ -22,24 +27,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from vipaint.bench.features import CachedFeatures, image_features, load_saved_features
+from vipaint.bench.features import CachedFeatures, image_features, image_key, load_saved_features
 from vipaint.bench.report import (
     legacy_feature_cache,
     load_items,
     md_table,
     save_item_features,
 )
+from vipaint.metrics import to_unit_rgb
 from vipaint.metrics.bootstrap import paired_fid_bootstrap
+from vipaint.samples_u8 import load_u8
 
-__all__ = ["bootstrap_table", "main"]
+__all__ = ["bootstrap_table", "load_u8_items", "main"]
+
+U8_CACHE = "leaderboard_u8.pt"      # the uint8 images' features, shared with vipaint.bench.leaderboard
+
+
+def load_u8_items(method_dir: Path) -> list[dict]:
+    """`load_items` from the committed uint8 files: every index with both `metrics/<index>.json` and
+    `samples_u8/<index>.npz` (composites, ground truth and mask; the samples are the composites)."""
+    items = []
+    for f in sorted((Path(method_dir) / "metrics").glob("*.json")):
+        u8 = Path(method_dir) / "samples_u8" / f"{f.stem}.npz"
+        if u8.is_file():
+            meta = json.loads(f.read_text())
+            items.append({"index": int(f.stem), "mask_name": meta["mask"], "meta": meta, **load_u8(u8)})
+    return items
 
 
 def _check_same_observations(out: Path, items: dict[str, dict[int, dict]], reference: str) -> list[int]:
     """The dataset indices of the reference; raises unless every method has the same ones and truths."""
     for m, its in items.items():
         if not its:
-            raise FileNotFoundError(f"{out / m / 'samples'} has no samples (the benchmark keeps them only locally; "
-                                    "rerun it to regenerate them)")
+            raise FileNotFoundError(f"{out / m} has no samples (the benchmark keeps samples/ only locally; rerun "
+                                    "it to regenerate them, or use --u8 for the committed samples_u8/)")
     indices = sorted(items[reference])
     for m, its in items.items():
         if sorted(its) != indices:
@@ -52,11 +73,12 @@ def _check_same_observations(out: Path, items: dict[str, dict[int, dict]], refer
 
 
 def bootstrap_table(out: Path, methods: list[str], reference: str, net: nn.Module, label: str,
-                    replicates: int = 1000, seed: int = 0) -> list[dict]:
-    """Paired-bootstrap FID rows (per mask and "all") for `methods` of the benchmark folder `out`."""
+                    replicates: int = 1000, seed: int = 0, u8: bool = False) -> list[dict]:
+    """Paired-bootstrap FID rows (per mask and "all") for `methods` of the benchmark folder `out`; from the
+    uint8 files with `u8` (then `fid_results_json` stays None)."""
     if reference not in methods:
         raise ValueError(f"reference {reference!r} is not among the methods {methods}")
-    items = {m: {it["index"]: it for it in load_items(out / m)} for m in methods}
+    items = {m: {it["index"]: it for it in (load_u8_items if u8 else load_items)(out / m)} for m in methods}
     indices = _check_same_observations(out, items, reference)
     ref_items = [items[reference][i] for i in indices]
     cached = CachedFeatures(net, label)
@@ -68,11 +90,15 @@ def bootstrap_table(out: Path, methods: list[str], reference: str, net: nn.Modul
     for m in methods:
         comp = torch.stack([items[m][i]["composite"] for i in indices])       # [N, S, C, H, W]
         fakes[m] = image_features(cached, comp.flatten(0, 1), desc=m).double().unflatten(0, comp.shape[:2])
-        save_item_features(cached, out / m, [items[m][i] for i in indices])
+        if u8:              # one file per method, keyed like the leaderboard's (not beside the float samples)
+            cached.save(out / m / "features" / U8_CACHE, [image_key(u) for u in to_unit_rgb(torch.cat(
+                [torch.stack([it["image"] for it in ref_items]), comp.flatten(0, 1)]))])
+        else:
+            save_item_features(cached, out / m, [items[m][i] for i in indices])
     masks = [it["mask_name"] for it in ref_items]
     published = {}
     saved = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    if saved.get("features") == label:          # FIDs of results.json are comparable only with the same network
+    if saved.get("features") == label and not u8:      # comparable only with the same network and float images
         published = {(r["method"], r["mask"]): r.get("fid") for r in saved["rows"]}
     rows = []
     for mask in sorted(set(masks)) + ["all"]:
@@ -101,11 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="fid_bootstrap",
                    help="output files <out>/<name>.{md,json} (another name keeps a comparison with another reference)")
+    p.add_argument("--u8", action="store_true",
+                   help="read the committed uint8 composites (<method>/samples_u8/) instead of <method>/samples/")
     args = p.parse_args(argv)
     out = Path(args.out)
-    methods = args.methods or sorted(d.name for d in out.iterdir() if (d / "samples").is_dir())
+    kept = "samples_u8" if args.u8 else "samples"
+    methods = args.methods or sorted(d.name for d in out.iterdir() if (d / kept).is_dir())
     if not methods:
-        p.error(f"{out} has no <method>/samples/ folders")
+        p.error(f"{out} has no <method>/{kept}/ folders")
     reference = args.reference or methods[0]
     from vipaint.metrics import default_inception
 
@@ -114,16 +143,18 @@ def main(argv: list[str] | None = None) -> None:
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
-    rows = bootstrap_table(out, methods, reference, net.eval(), label, args.replicates, args.seed)
+    rows = bootstrap_table(out, methods, reference, net.eval(), label, args.replicates, args.seed, u8=args.u8)
     cols = ["method", "mask", "images", "fid", "fid_boot_std", "delta_vs_ref", "delta_lo95", "delta_hi95",
             "p_ref_lower"]
     lines = md_table(rows, cols) + [
         "", f"Reference: {reference}; delta = FID(method) − FID({reference}) on the full set, its 95 % interval "
         f"from {args.replicates} paired bootstrap resamples of the observations (seed {args.seed}); "
-        f"p_ref_lower = share of resamples in which {reference} has the lower FID. Features: {label}."]
+        f"p_ref_lower = share of resamples in which {reference} has the lower FID. Features: {label}."
+        + (" Images: the committed uint8 composites (samples_u8/)." if args.u8 else "")]
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     (out / f"{args.name}.json").write_text(json.dumps({"reference": reference, "replicates": args.replicates,
-                                                        "seed": args.seed, "features": label, "rows": rows}, indent=2))
+                                                        "seed": args.seed, "features": label, "images": kept,
+                                                        "rows": rows}, indent=2))
     print("\n".join(lines))
     off = [r for r in rows if r["fid_results_json"] is not None and abs(r["fid"] - r["fid_results_json"]) > 1e-3]
     if off:

@@ -136,6 +136,8 @@ def _method_rows(name: str, items: list[dict], features: CachedFeatures | None, 
         row.update(_per_item_metrics(sel, perceptual))
         row.update(_distribution_metrics(sel, features))
         row["s_per_image"] = timing.get("seconds_per_image", float("nan"))
+        if timing.get("source") == "per-index":
+            row["timing"] = "per-index"
         rows.append(row)
     return rows
 
@@ -209,6 +211,10 @@ def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str)
                                                   "perceptual": perc_label}, indent=2))
     shown = [c for c in SHOWN if c in cols]
     lines = md_table(rows, shown) + ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
+    resumed = list(dict.fromkeys(r["method"] for r in rows if r.get("timing") == "per-index"))
+    if resumed:
+        lines.append(f"The s_per_image of {', '.join(resumed)} is the mean of per-index batch times of a run "
+                     "resumed over several sessions, which may have shared the machine with other runs.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     overall = [r for r in rows if r.get("mask") == "all"]        # one row per method: summary.md
