@@ -292,7 +292,8 @@ def test_read_timing_falls_back_to_per_index_files(tmp_path):
 
 
 def test_results_md_flags_seconds_from_a_resumed_run(tmp_path):
-    """results.md says which methods' seconds come from per-index times of a resumed run, and only those."""
+    """results.md says which methods' seconds come from per-index times of a resumed run, and only those, and
+    which rows lack the observations whose float samples stayed in another clone."""
     from vipaint.bench.report import write_results
 
     rows = [{"method": "a", "mask": "all", "images": 3, "nfe": 10, "s_per_image": 2.0, "timing": "per-index"},
@@ -300,5 +301,9 @@ def test_results_md_flags_seconds_from_a_resumed_run(tmp_path):
     write_results(tmp_path, rows, "feat", "perc")
     md = (tmp_path / "results.md").read_text()
     assert "The s_per_image of a is the mean of per-index batch times" in md
+    assert "covers" not in md and "cover the" not in md
     write_results(tmp_path, rows[1:], "feat", "perc")
     assert "per-index" not in (tmp_path / "results.md").read_text()
+    rows[1]["metrics_files"] = 5            # 3 of 5 observations with float samples here
+    write_results(tmp_path, rows, "feat", "perc")
+    assert "b: the rows cover the 3 of its 5 observations" in (tmp_path / "results.md").read_text()

@@ -192,3 +192,5 @@ def test_bootstrap_from_the_committed_uint8_samples(tmp_path, monkeypatch):
     (tmp_path / "b" / "samples_u8" / "000004.npz").unlink()
     with pytest.raises(ValueError, match="same data"):
         bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=5, u8=True)
+    shared = bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=5, u8=True, common=True)
+    assert shared[-1]["images"] == 11 and [r["images"] for r in shared[:2]] == [5, 5]   # index 4 (a box) left out

@@ -55,15 +55,21 @@ def load_u8_items(method_dir: Path) -> list[dict]:
     return items
 
 
-def _check_same_observations(out: Path, items: dict[str, dict[int, dict]], reference: str) -> list[int]:
-    """The dataset indices of the reference; raises unless every method has the same ones and truths."""
+def _check_same_observations(out: Path, items: dict[str, dict[int, dict]], reference: str,
+                             common: bool = False) -> list[int]:
+    """The dataset indices of the reference (with `common`: those every method has); raises unless every
+    method has the same ones (with `common`: unless some are shared) and the same truths on them."""
     for m, its in items.items():
         if not its:
             raise FileNotFoundError(f"{out / m} has no samples (the benchmark keeps samples/ only locally; rerun "
                                     "it to regenerate them, or use --u8 for the committed samples_u8/)")
     indices = sorted(items[reference])
+    if common:
+        indices = sorted(set(indices).intersection(*items.values()))
+        if not indices:
+            raise ValueError(f"the methods {sorted(items)} share no observation")
     for m, its in items.items():
-        if sorted(its) != indices:
+        if not common and sorted(its) != indices:
             raise ValueError(f"{m} has observations {sorted(set(its) ^ set(indices))[:5]}… that {reference} lacks "
                              "or the reverse: run both on the same data")
         bad = [i for i in indices if not torch.equal(its[i]["image"], items[reference][i]["image"])]
@@ -73,13 +79,14 @@ def _check_same_observations(out: Path, items: dict[str, dict[int, dict]], refer
 
 
 def bootstrap_table(out: Path, methods: list[str], reference: str, net: nn.Module, label: str,
-                    replicates: int = 1000, seed: int = 0, u8: bool = False) -> list[dict]:
+                    replicates: int = 1000, seed: int = 0, u8: bool = False, common: bool = False) -> list[dict]:
     """Paired-bootstrap FID rows (per mask and "all") for `methods` of the benchmark folder `out`; from the
-    uint8 files with `u8` (then `fid_results_json` stays None)."""
+    uint8 files with `u8`; on the observations all methods share with `common` (then, and with `u8`,
+    `fid_results_json` stays None)."""
     if reference not in methods:
         raise ValueError(f"reference {reference!r} is not among the methods {methods}")
     items = {m: {it["index"]: it for it in (load_u8_items if u8 else load_items)(out / m)} for m in methods}
-    indices = _check_same_observations(out, items, reference)
+    indices = _check_same_observations(out, items, reference, common)
     ref_items = [items[reference][i] for i in indices]
     cached = CachedFeatures(net, label)
     cached.load(legacy_feature_cache(out))
@@ -98,7 +105,7 @@ def bootstrap_table(out: Path, methods: list[str], reference: str, net: nn.Modul
     masks = [it["mask_name"] for it in ref_items]
     published = {}
     saved = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    if saved.get("features") == label and not u8:      # comparable only with the same network and float images
+    if saved.get("features") == label and not (u8 or common):      # same network, float images, all indices
         published = {(r["method"], r["mask"]): r.get("fid") for r in saved["rows"]}
     rows = []
     for mask in sorted(set(masks)) + ["all"]:
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="fid_bootstrap",
                    help="output files <out>/<name>.{md,json} (another name keeps a comparison with another reference)")
+    p.add_argument("--common", action="store_true",
+                   help="compare on the observations every method has (e.g. a row still being completed)")
     p.add_argument("--u8", action="store_true",
                    help="read the committed uint8 composites (<method>/samples_u8/) instead of <method>/samples/")
     args = p.parse_args(argv)
@@ -143,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
-    rows = bootstrap_table(out, methods, reference, net.eval(), label, args.replicates, args.seed, u8=args.u8)
+    rows = bootstrap_table(out, methods, reference, net.eval(), label, args.replicates, args.seed, u8=args.u8,
+                           common=args.common)
     cols = ["method", "mask", "images", "fid", "fid_boot_std", "delta_vs_ref", "delta_lo95", "delta_hi95",
             "p_ref_lower"]
     lines = md_table(rows, cols) + [

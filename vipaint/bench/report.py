@@ -170,6 +170,10 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
                       f"features ({previous_label!r}, now {feat_label!r}); dropped, rerun it")
             continue
         rows.extend(_method_rows(name, items, features, perceptual, timings.get(name, {})))
+        recorded = len(list((out / name / "metrics").glob("*.json")))
+        if recorded > len(items):       # resumed from another clone: its first float samples stayed there
+            for r in rows[-1:]:
+                r["metrics_files"] = recorded
         if features is not None:
             save_item_features(features, out / name, items)
     write_results(out, rows, feat_label, perc_label)
@@ -211,6 +215,10 @@ def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str)
                                                   "perceptual": perc_label}, indent=2))
     shown = [c for c in SHOWN if c in cols]
     lines = md_table(rows, shown) + ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
+    partial = {r["method"]: (r["images"], r["metrics_files"]) for r in rows if r.get("metrics_files")}
+    lines += [f"{m}: the rows cover the {n} of its {k} observations whose float samples are in this folder (the "
+              "others ran in another clone); the leaderboard and `python -m vipaint.bench.bootstrap --u8` use all "
+              "of them, from the committed uint8 composites." for m, (n, k) in partial.items()]
     resumed = list(dict.fromkeys(r["method"] for r in rows if r.get("timing") == "per-index"))
     if resumed:
         lines.append(f"The s_per_image of {', '.join(resumed)} is the mean of per-index batch times of a run "
