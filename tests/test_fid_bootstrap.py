@@ -168,10 +168,13 @@ def test_bootstrap_from_the_committed_uint8_samples(tmp_path, monkeypatch):
         (tmp_path / name / "samples_u8").mkdir()
         for i in range(len(images)):
             with np.load(tmp_path / name / "samples" / f"{i:06d}.npz") as z:
-                save_u8(tmp_path / name / "samples_u8" / f"{i:06d}.npz", torch.from_numpy(z["composite"]),
+                comp = torch.from_numpy(z["composite"]) * (1.5 if (name, i) == ("b", 0) else 1.0)
+                save_u8(tmp_path / name / "samples_u8" / f"{i:06d}.npz", comp,      # b/0: a wider range
                         torch.from_numpy(z["image"]), torch.from_numpy(z["mask"]))
     net = _Proj()
     floats = bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=30)
+    with np.load(tmp_path / "b" / "samples_u8" / "000000.npz") as z:
+        assert z["range"][1] > 1.0                       # the truth of b/0 lies on another grid than a/0's
     for name in ("a", "b"):
         shutil.rmtree(tmp_path / name / "samples")
         shutil.rmtree(tmp_path / name / "features")
