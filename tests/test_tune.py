@@ -132,7 +132,7 @@ def test_uint8_samples_roundtrip(tmp_path):
     save_u8(tmp_path / "a.npz", x, x[0], (x[0] > 0).float())
     back = load_u8(tmp_path / "a.npz")
     assert (back["composite"] - x).abs().max() <= 1 / 255 + 1e-6
-    assert torch.equal(back["mask"], (x[0] > 0).float())
+    assert torch.equal(back["mask"], (x[0] > 0).float()) and back["u8_step"] == pytest.approx(2 / 255)
     save_u8(tmp_path / "b.npz", 1.5 * x, x[0], (x[0] > 0).float())     # an analytic prior's range: kept
     assert (load_u8(tmp_path / "b.npz")["composite"] - 1.5 * x).abs().max() <= 3 / 255 / 2 + 1e-6
 

@@ -43,9 +43,10 @@ def save_u8(path: Path, composite: Tensor, image: Tensor, mask: Tensor) -> None:
 
 
 def load_u8(path: Path) -> dict[str, Tensor]:
-    """{"composite", "samples" (the composites), "image", "mask"} of a `save_u8` file, as float tensors."""
+    """{"composite", "samples" (the composites), "image", "mask"} of a `save_u8` file, as float tensors, and
+    "u8_step", its quantisation step (the file's range covers its own composites)."""
     with np.load(path) as z:
         lo, hi = (float(v) for v in z["range"]) if "range" in z else (-1.0, 1.0)
         comp = dequantise(z["composite"], lo, hi)
         return {"composite": comp, "samples": comp, "image": dequantise(z["image"], lo, hi),
-                "mask": torch.from_numpy(z["mask"].astype(np.float32))}
+                "mask": torch.from_numpy(z["mask"].astype(np.float32)), "u8_step": (hi - lo) / 255}

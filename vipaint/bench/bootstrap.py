@@ -51,10 +51,7 @@ def load_u8_items(method_dir: Path) -> list[dict]:
         u8 = Path(method_dir) / "samples_u8" / f"{f.stem}.npz"
         if u8.is_file():
             meta = json.loads(f.read_text())
-            with np.load(u8) as z:      # its quantisation step: the range covers the method's own composites
-                lo, hi = (float(v) for v in z["range"]) if "range" in z else (-1.0, 1.0)
-            items.append({"index": int(f.stem), "mask_name": meta["mask"], "meta": meta, **load_u8(u8),
-                          "u8_step": (hi - lo) / 255})
+            items.append({"index": int(f.stem), "mask_name": meta["mask"], "meta": meta, **load_u8(u8)})
     return items
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from vipaint.bench.bootstrap import U8_CACHE
 from vipaint.bench.report import md_table
 from vipaint.bench.run import read_timing
 from vipaint.bench.splits import check_tuned, image_source, load_tuned, spec_split
@@ -84,7 +85,7 @@ def _row(name: str, items: list[dict], folder: Path, features) -> dict:
     if features is not None and all("composite" in it for it in items):
         real = torch.stack([it["image"] for it in items])
         fake = torch.cat([it["composite"] for it in items])
-        cache = folder / "features" / "leaderboard_u8.pt"     # not committed (.gitignore): a rebuild's shortcut
+        cache = folder / "features" / U8_CACHE     # not committed (.gitignore): a rebuild's shortcut
         features.load(cache)
         row.update({k: v for k, v in distribution_metrics(real, fake, features).items() if k in ("fid", "kid")})
         features.save(cache, [image_key(u) for u in to_unit_rgb(torch.cat([real, fake]))])

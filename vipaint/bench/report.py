@@ -172,8 +172,7 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
         rows.extend(_method_rows(name, items, features, perceptual, timings.get(name, {})))
         recorded = len(list((out / name / "metrics").glob("*.json")))
         if recorded > len(items):       # resumed from another clone: its first float samples stayed there
-            for r in rows[-1:]:
-                r["metrics_files"] = recorded
+            rows[-1]["metrics_files"] = recorded      # its "all" row
         if features is not None:
             save_item_features(features, out / name, items)
     write_results(out, rows, feat_label, perc_label)
