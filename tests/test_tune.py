@@ -27,7 +27,7 @@ from vipaint.data import InverseProblemDataModule
 from vipaint.masks import BoxMask, RandomPixelMask
 from vipaint.methods import METHODS
 from vipaint.priors import GaussianMixturePrior
-from vipaint.samples_u8 import load_u8, quantise, save_u8
+from vipaint.samples_u8 import load_records, load_u8, quantise, save_u8
 from vipaint.tune.search import Criterion, Trial, choose, propose, read_trials, write_trials
 from vipaint.tune.spaces import search_spaces
 
@@ -135,6 +135,16 @@ def test_uint8_samples_roundtrip(tmp_path):
     assert torch.equal(back["mask"], (x[0] > 0).float()) and back["u8_step"] == pytest.approx(2 / 255)
     save_u8(tmp_path / "b.npz", 1.5 * x, x[0], (x[0] > 0).float())     # an analytic prior's range: kept
     assert (load_u8(tmp_path / "b.npz")["composite"] - 1.5 * x).abs().max() <= 3 / 255 / 2 + 1e-6
+
+
+def test_load_records_keeps_or_drops_indices_without_a_uint8_file(tmp_path):
+    """The leaderboard reports every index of metrics/; the FID bootstrap needs the images (require_u8)."""
+    _fake_run(tmp_path, [0, 1, 2], 0.0)
+    (tmp_path / "samples_u8" / "000001.npz").unlink()
+    every, with_u8 = load_records(tmp_path), load_records(tmp_path, require_u8=True)
+    assert sorted(every) == [0, 1, 2] and sorted(with_u8) == [0, 2]
+    assert "composite" not in every[1] and every[1]["mask_name"] == "box" and every[2]["meta"]["index"] == 2
+    assert torch.equal(every[0]["image"], with_u8[0]["image"])
 
 
 def _fake_run(folder: Path, indices: list[int], offset: float) -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from vipaint.module import Prediction
 
 __all__ = ["MetricNetworks", "configure_wandb", "log_run", "observation_records", "perceptual_key",
-           "run_metric_networks", "run_scalars", "save_seconds", "seconds_per_mask"]
+           "index_seconds", "run_metric_networks", "run_scalars", "save_seconds", "seconds_per_mask"]
 
 _SCALARS = ("psnr", "ssim", "psnr_hole", "lpips", "stlpips", "fid", "kid", "fid_raw", "kid_raw", "diversity_l2",
             "nfe", "n_backprop", "n_decode", "n_encode", "s_per_image")
@@ -103,13 +103,18 @@ def save_seconds(out: Path, indices: list[int], seconds: float) -> None:
         (folder / f"{i:06d}.json").write_text(json.dumps({"s_per_image": seconds}))
 
 
+def index_seconds(out: Path, index: int) -> float | None:
+    """The `save_seconds` time of dataset index `index` in the run folder `out`; None when it has none."""
+    f = Path(out) / "timing" / f"{index:06d}.json"
+    return json.loads(f.read_text())["s_per_image"] if f.is_file() else None
+
+
 def seconds_per_mask(out: Path, rows: list[dict]) -> dict[str, float]:
     """Mean seconds per image of the written indices, per mask type and "all" (from `timing/`)."""
     by_mask: dict[str, list[float]] = {}
     for r in rows:
-        f = Path(out) / "timing" / f"{r['index']:06d}.json"
-        if f.is_file():
-            v = json.loads(f.read_text())["s_per_image"]
+        v = index_seconds(out, r["index"])
+        if v is not None:
             by_mask.setdefault(r["mask"], []).append(v)
             by_mask.setdefault("all", []).append(v)
     return {m: sum(v) / len(v) for m, v in by_mask.items()}

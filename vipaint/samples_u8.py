@@ -10,13 +10,14 @@ observations × 4 composites of 32² grey pixels are ≈ 1.2 MB before compressi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["U8_KEYS", "dequantise", "load_u8", "quantise", "save_u8"]
+__all__ = ["U8_KEYS", "dequantise", "load_records", "load_u8", "quantise", "save_u8"]
 
 U8_KEYS = ("composite", "image", "mask")
 
@@ -50,3 +51,18 @@ def load_u8(path: Path) -> dict[str, Tensor]:
         comp = dequantise(z["composite"], lo, hi)
         return {"composite": comp, "samples": comp, "image": dequantise(z["image"], lo, hi),
                 "mask": torch.from_numpy(z["mask"].astype(np.float32)), "u8_step": (hi - lo) / 255}
+
+
+def load_records(method_dir: Path, require_u8: bool = False) -> dict[int, dict]:
+    """Per dataset index of a run folder: {"index", "mask_name", "meta" (its `metrics/<index>.json`)} and,
+    when `samples_u8/<index>.npz` is committed, the entries of `load_u8`. With `require_u8`, indices without
+    a uint8 file are left out (the FID bootstrap needs the images; the leaderboard reports them anyway)."""
+    out = {}
+    for f in sorted((Path(method_dir) / "metrics").glob("*.json")):
+        u8 = Path(method_dir) / "samples_u8" / f"{f.stem}.npz"
+        if require_u8 and not u8.is_file():
+            continue
+        meta = json.loads(f.read_text())
+        out[int(f.stem)] = {"index": int(f.stem), "mask_name": meta["mask"], "meta": meta,
+                            **(load_u8(u8) if u8.is_file() else {})}
+    return out

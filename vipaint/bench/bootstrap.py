@@ -36,7 +36,7 @@ from vipaint.bench.report import (
 )
 from vipaint.metrics import to_unit_rgb
 from vipaint.metrics.bootstrap import paired_fid_bootstrap
-from vipaint.samples_u8 import load_u8
+from vipaint.samples_u8 import load_records
 
 __all__ = ["bootstrap_table", "load_u8_items", "main"]
 
@@ -46,13 +46,7 @@ U8_CACHE = "leaderboard_u8.pt"      # the uint8 images' features, shared with vi
 def load_u8_items(method_dir: Path) -> list[dict]:
     """`load_items` from the committed uint8 files: every index with both `metrics/<index>.json` and
     `samples_u8/<index>.npz` (composites, ground truth and mask; the samples are the composites)."""
-    items = []
-    for f in sorted((Path(method_dir) / "metrics").glob("*.json")):
-        u8 = Path(method_dir) / "samples_u8" / f"{f.stem}.npz"
-        if u8.is_file():
-            meta = json.loads(f.read_text())
-            items.append({"index": int(f.stem), "mask_name": meta["mask"], "meta": meta, **load_u8(u8)})
-    return items
+    return list(load_records(method_dir, require_u8=True).values())
 
 
 def _same_truth(a: dict, b: dict) -> bool:

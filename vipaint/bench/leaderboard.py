@@ -30,10 +30,10 @@ import torch
 import yaml
 
 from vipaint.bench.bootstrap import U8_CACHE
-from vipaint.bench.report import md_table
+from vipaint.bench.report import md_table, resumed_timing_note
 from vipaint.bench.run import read_timing
 from vipaint.bench.splits import check_tuned, image_source, load_tuned, spec_split
-from vipaint.samples_u8 import load_u8
+from vipaint.samples_u8 import load_records
 
 __all__ = ["leaderboard", "main", "paired_mean_bootstrap"]
 
@@ -50,16 +50,6 @@ def paired_mean_bootstrap(values: dict[str, np.ndarray], replicates: int = 1000,
     n = len(next(iter(values.values())))
     idx = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
     return {m: v[idx].mean(1) for m, v in values.items()}
-
-
-def _load(folder: Path) -> dict[int, dict]:
-    """Per index: its metrics record, and its uint8 composites / truth / mask when committed."""
-    out = {}
-    for f in sorted((folder / "metrics").glob("*.json")):
-        rec = json.loads(f.read_text())
-        u8 = folder / "samples_u8" / f"{f.stem}.npz"
-        out[int(f.stem)] = {"meta": rec, **(load_u8(u8) if u8.is_file() else {})}
-    return out
 
 
 def _expected_indices(split_rows: range, items: dict[int, dict]) -> set[int]:
@@ -114,7 +104,7 @@ def leaderboard(spec: dict, spec_path: str, name: str, dest: Path, replicates: i
                             "nfe_cap": t["budget"]["nfe_cap"], "wall_seconds": t["budget"]["wall_seconds"],
                             "validation": f"{t['criterion']['metric']} = {t['value']:.4g}",
                             "chosen": json.dumps(tuned["model"]["method_options"], sort_keys=True)})
-        items = _load(folder)
+        items = load_records(folder)
         want = _expected_indices(split.rows, items)
         if set(items) != want:
             raise ValueError(f"{folder} holds indices {sorted(set(items) ^ want)[:5]}… outside / missing from the "
@@ -173,9 +163,7 @@ def _write(dest: Path, name: str, spec_path: str, rows: list[dict], per_mask: li
              "passes (0 for a pixel prior); s_per_image: wall seconds per observation (all its samples) of the "
              "run, on the machine that ran it. setting: tuned (chosen on the validation split), published (the "
              "values of vipaint/tune/spaces.py, with the spec's fixed options) or as given in the spec.",
-             *[f"The s_per_image of {', '.join(per)} is the mean of per-index batch times of a run resumed over "
-               "several sessions, which may have shared the machine with other runs (an upper bound)."
-               for per in [[r["method"] for r in rows if r.get("timing") == "per-index"]] if per], "",
+             *resumed_timing_note(rows), "",
              f"## {metric} per mask type", "",
              *md_table(per_mask, ["method", *masks]), ""]
     if budgets:

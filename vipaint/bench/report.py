@@ -26,8 +26,8 @@ from vipaint.bench.features import (
     save_observation_features,
 )
 
-__all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "save_item_features",
-           "write_results", "write_table"]
+__all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "resumed_timing_note",
+           "save_item_features", "write_results", "write_table"]
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_hole", "exact_mean_rmse", "exact_std_ratio", "sliced_w2",
                "mode_weight_error", "coverage90", "coverage90_exact")
@@ -203,6 +203,14 @@ def write_table(out: Path, name: str, rows: list[dict], cols: list[str], meta: d
     return md
 
 
+def resumed_timing_note(rows: list[dict]) -> list[str]:
+    """The sentence that flags rows timed from per-index files of a resumed run (`read_timing`'s
+    "per-index" source), or [] when no row is."""
+    resumed = list(dict.fromkeys(r["method"] for r in rows if r.get("timing") == "per-index"))
+    return [f"The s_per_image of {', '.join(resumed)} is the mean of per-index batch times of a run resumed over "
+            "several sessions, which may have shared the machine with other runs (an upper bound)."] if resumed else []
+
+
 def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
     """A benchmark's `results.csv`, `results.json`, `results.md` (every row) and `summary.md` (the "all" rows)."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -218,10 +226,7 @@ def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str)
     lines += [f"{m}: the rows cover the {n} of its {k} observations whose float samples are in this folder (the "
               "others ran in another clone); the leaderboard and `python -m vipaint.bench.bootstrap --u8` use all "
               "of them, from the committed uint8 composites." for m, (n, k) in partial.items()]
-    resumed = list(dict.fromkeys(r["method"] for r in rows if r.get("timing") == "per-index"))
-    if resumed:
-        lines.append(f"The s_per_image of {', '.join(resumed)} is the mean of per-index batch times of a run "
-                     "resumed over several sessions, which may have shared the machine with other runs.")
+    lines += resumed_timing_note(rows)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     overall = [r for r in rows if r.get("mask") == "all"]        # one row per method: summary.md

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from vipaint.run_log import index_seconds
+
 __all__ = ["build_cli", "read_timing", "run_method", "run_methods"]
 
 
@@ -67,10 +69,8 @@ def read_timing(method_dir: Path) -> dict:
     tfile = method_dir / "timing.json"
     if tfile.exists():
         return json.loads(tfile.read_text())
-    stems = [f.stem for f in (method_dir / "metrics").glob("*.json")]
-    files = [method_dir / "timing" / f"{s}.json" for s in stems]
-    if not stems or not all(f.is_file() for f in files):
+    seconds = [index_seconds(method_dir, int(f.stem)) for f in (method_dir / "metrics").glob("*.json")]
+    if not seconds or None in seconds:
         return {}
-    seconds = [json.loads(f.read_text())["s_per_image"] for f in files]
     return {"seconds": float(sum(seconds)), "images": len(seconds),
             "seconds_per_image": float(sum(seconds)) / len(seconds), "source": "per-index"}
