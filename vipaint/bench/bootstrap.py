@@ -38,15 +38,9 @@ from vipaint.metrics import to_unit_rgb
 from vipaint.metrics.bootstrap import paired_fid_bootstrap
 from vipaint.samples_u8 import load_records
 
-__all__ = ["bootstrap_table", "load_u8_items", "main"]
+__all__ = ["bootstrap_table", "main"]
 
 U8_CACHE = "leaderboard_u8.pt"      # the uint8 images' features, shared with vipaint.bench.leaderboard
-
-
-def load_u8_items(method_dir: Path) -> list[dict]:
-    """`load_items` from the committed uint8 files: every index with both `metrics/<index>.json` and
-    `samples_u8/<index>.npz` (composites, ground truth and mask; the samples are the composites)."""
-    return list(load_records(method_dir, require_u8=True).values())
 
 
 def _same_truth(a: dict, b: dict) -> bool:
@@ -87,7 +81,8 @@ def bootstrap_table(out: Path, methods: list[str], reference: str, net: nn.Modul
     `fid_results_json` stays None)."""
     if reference not in methods:
         raise ValueError(f"reference {reference!r} is not among the methods {methods}")
-    items = {m: {it["index"]: it for it in (load_u8_items if u8 else load_items)(out / m)} for m in methods}
+    items = {m: load_records(out / m, require_u8=True) if u8 else {it["index"]: it for it in load_items(out / m)}
+             for m in methods}
     indices = _check_same_observations(out, items, reference, common)
     ref_items = [items[reference][i] for i in indices]
     cached = CachedFeatures(net, label)
