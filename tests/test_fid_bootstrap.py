@@ -197,3 +197,37 @@ def test_bootstrap_from_the_committed_uint8_samples(tmp_path, monkeypatch):
         bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=5, u8=True)
     shared = bootstrap_table(tmp_path, ["a", "b"], "a", net, "proj", replicates=5, u8=True, common=True)
     assert shared[-1]["images"] == 11 and [r["images"] for r in shared[:2]] == [5, 5]   # index 4 (a box) left out
+
+
+def test_report_of_a_continued_run_reads_the_uint8_composites_of_indices_computed_elsewhere(tmp_path):
+    """A committed run continued in a fresh clone has float samples only for the indices computed here; the
+    end-of-run report scores the others from their uint8 composites (FID close to the float one, no raw-sample
+    FID over the mix) and names an index that has neither file."""
+    from vipaint.bench.features import CachedFeatures
+    from vipaint.report import build_report
+    from vipaint.samples_u8 import save_u8
+
+    rng = np.random.default_rng(5)
+    images = np.clip(rng.standard_normal((8, 1, 8, 8)) * 0.5, -1, 1).astype(np.float32)
+    _write_method(tmp_path, "m", images, 0.2, ["box"] * 4 + ["half"] * 4, 1)
+    run = tmp_path / "m"
+    (run / "samples_u8").mkdir()
+    for i in range(len(images)):
+        (run / "metrics" / f"{i:06d}.json").write_text(json.dumps({"index": i, "mask": "box" if i < 4 else "half"}))
+        with np.load(run / "samples" / f"{i:06d}.npz") as z:
+            save_u8(run / "samples_u8" / f"{i:06d}.npz", torch.from_numpy(z["composite"]),
+                    torch.from_numpy(z["image"]), torch.from_numpy(z["mask"]))
+    net = _Proj()
+    net.num_features = 6
+    floats = build_report(run, features=CachedFeatures(net, "proj"))["overall"]
+    shutil.rmtree(run / "features")
+    for i in (0, 1, 5):                                           # computed in another clone
+        (run / "samples" / f"{i:06d}.npz").unlink()
+    mixed = build_report(run, features=CachedFeatures(net, "proj"))
+    assert mixed["overall"]["n_from_u8"] == 3 and mixed["per_mask"]["half"]["n_from_u8"] == 1
+    assert mixed["overall"]["fid"] == pytest.approx(floats["fid"], rel=0.05)
+    assert mixed["overall"]["fid"] != floats["fid"]               # the three were read from uint8
+    assert "fid_raw" not in mixed["overall"]
+    (run / "samples_u8" / "000001.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="index 1 has metrics"):
+        build_report(run, features=CachedFeatures(net, "proj"))

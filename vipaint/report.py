@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vipaint.samples_u8 import load_u8
+
 __all__ = ["COUNTERS", "build_report", "distribution_table", "fid_note", "panel", "to_pil"]
 
 COUNTERS = ("nfe", "n_backprop", "n_decode", "n_encode")     # in metrics.json / .csv, not in the table
@@ -53,12 +55,25 @@ def _mean(vals: list[float]) -> float:
 
 
 def _load_observations(out: Path, rows: list[dict]) -> list[dict]:
-    """Ground truth, composites and raw samples of each done index (`samples/<index>.npz`), by index."""
+    """Ground truth, composites and raw samples of each done index, by index: `samples/<index>.npz`, or, for
+    an index computed in another clone (a committed run continued here, whose float samples stay local), its
+    committed `samples_u8/<index>.npz` (composites within 1/255 of the float ones; no raw samples, so such
+    an item has `"u8": True` and its composites stand in for them)."""
     items = []
     for r in sorted(rows, key=lambda r: r["index"]):
-        with np.load(out / "samples" / f"{r['index']:06d}.npz") as z:
-            items.append({"index": r["index"], "mask": r["mask"],
-                          **{k: torch.from_numpy(z[k]) for k in ("image", "composite", "samples")}})
+        name = f"{r['index']:06d}.npz"
+        if not (out / "samples" / name).is_file() and (out / "samples_u8" / name).is_file():
+            z = load_u8(out / "samples_u8" / name)
+            items.append({"index": r["index"], "mask": r["mask"], "u8": True,
+                          **{k: z[k] for k in ("image", "composite", "samples")}})
+            continue
+        try:
+            with np.load(out / "samples" / name) as z:
+                items.append({"index": r["index"], "mask": r["mask"], "u8": False,
+                              **{k: torch.from_numpy(z[k]) for k in ("image", "composite", "samples")}})
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{out}: index {r['index']} has metrics/{r['index']:06d}.json but neither "
+                                    f"samples/{name} nor samples_u8/{name}") from None
     return items
 
 
@@ -81,15 +96,19 @@ def distribution_table(out: Path, rows: list[dict], features, raw: bool = True) 
     items = _load_observations(out, rows)
     for it in items:
         extract_observation_features(cached, out, it["index"], it["image"], it["composite"],
-                                     it["samples"] if raw else None)
+                                     it["samples"] if raw and not it["u8"] else None)
     table: dict[str, dict] = {}
     for mask in sorted({it["mask"] for it in items}) + ["all"]:
         sel = [it for it in items if mask in ("all", it["mask"])]
         real = torch.stack([it["image"] for it in sel])
         row = distribution_metrics(real, torch.cat([it["composite"] for it in sel]), cached)
-        if raw and any(not torch.equal(it["samples"], it["composite"]) for it in sel):
-            raw = distribution_metrics(real, torch.cat([it["samples"] for it in sel]), cached)
-            row.update({f"{k}_raw": v for k, v in raw.items() if k in ("fid", "kid", "kid_std")})
+        # raw samples only where every item has them (a continued run's uint8 items hold composites only)
+        if raw and not any(it["u8"] for it in sel) and any(not torch.equal(it["samples"], it["composite"])
+                                                             for it in sel):
+            raw_row = distribution_metrics(real, torch.cat([it["samples"] for it in sel]), cached)
+            row.update({f"{k}_raw": v for k, v in raw_row.items() if k in ("fid", "kid", "kid_std")})
+        if n_u8 := sum(it["u8"] for it in sel):
+            row["n_from_u8"] = n_u8          # observations scored from their committed uint8 composites
         table[mask] = row
     return table
 
