@@ -307,3 +307,31 @@ def test_results_md_flags_seconds_from_a_resumed_run(tmp_path):
     rows[1]["metrics_files"] = 5            # 3 of 5 observations with float samples here
     write_results(tmp_path, rows, "feat", "perc")
     assert "b: the rows cover the 3 of its 5 observations" in (tmp_path / "results.md").read_text()
+    rows[1]["from_u8"] = 2
+    write_results(tmp_path, rows, "feat", "perc")
+    assert "b: 2 of its 3 observations ran in another clone" in (tmp_path / "results.md").read_text()
+
+
+def test_load_items_reads_the_uint8_files_of_indices_computed_in_another_clone(tmp_path):
+    """A run continued in a fresh clone: float samples for the indices computed here, committed uint8 files for
+    the others; `u8_fallback` reads both (float wins where both exist), marking which came from uint8."""
+    from vipaint.bench.report import load_items
+    from vipaint.samples_u8 import save_u8
+
+    folder = tmp_path / "m"
+    for d in ("samples", "samples_u8", "metrics"):
+        (folder / d).mkdir(parents=True)
+    x = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+    for i in range(4):
+        (folder / "metrics" / f"{i:06d}.json").write_text(json.dumps({"index": i, "mask": "box", "psnr": float(i)}))
+        comp = (x * (i + 1) / 4).expand(2, -1, -1, -1)
+        save_u8(folder / "samples_u8" / f"{i:06d}.npz", comp, x[0], torch.ones(1, 4, 4))
+        if i >= 2:
+            np.savez(folder / "samples" / f"{i:06d}.npz", composite=comp.numpy(), samples=comp.numpy() + 0.5,
+                     image=x[0].numpy(), mask=np.ones((1, 4, 4), np.float32))
+    assert [it["index"] for it in load_items(folder)] == [2, 3]
+    items = load_items(folder, u8_fallback=True)
+    assert [(it["index"], it["u8"]) for it in items] == [(0, True), (1, True), (2, False), (3, False)]
+    assert items[1]["meta"]["psnr"] == 1.0 and items[1]["mask_name"] == "box"
+    torch.testing.assert_close(items[1]["composite"], (x * 2 / 4).expand(2, -1, -1, -1), atol=1 / 255, rtol=0)
+    torch.testing.assert_close(items[3]["samples"], (x + 0.5).expand(2, -1, -1, -1))    # float samples, not u8

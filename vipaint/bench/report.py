@@ -25,6 +25,7 @@ from vipaint.bench.features import (
     load_saved_features,
     save_observation_features,
 )
+from vipaint.samples_u8 import load_records
 
 __all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "resumed_timing_note",
            "save_item_features", "write_results", "write_table"]
@@ -36,16 +37,23 @@ SHOWN = ("method", "mask", "images", "nfe", "n_decode", "n_encode", "backprops",
          "ssim", "psnr_best", "diversity_l2", "hole_std", "diversity_perceptual", "s_per_image")
 
 
-def load_items(method_dir: Path) -> list[dict]:
+def load_items(method_dir: Path, u8_fallback: bool = False) -> list[dict]:
     """The observations of a method folder: index, mask name, per-image metrics (`meta`) and the
-    `composite`, `samples`, `image` and `mask` arrays of `samples/<index>.npz`, by index."""
-    items = []
+    `composite`, `samples`, `image` and `mask` arrays of `samples/<index>.npz`, by index. With `u8_fallback`,
+    an index with `metrics/<index>.json` but no float file (computed in another clone, a committed run
+    continued here) is read from its committed `samples_u8/<index>.npz` instead, marked `"u8": True`."""
+    items = {}
     for p in sorted((method_dir / "samples").glob("*.npz")):
         with np.load(p) as z:
             meta = json.loads((method_dir / "metrics" / f"{p.stem}.json").read_text())
-            items.append({"index": int(p.stem), "mask_name": meta["mask"], "meta": meta,
-                          **{k: torch.from_numpy(z[k]) for k in ("composite", "samples", "image", "mask")}})
-    return items
+            items[int(p.stem)] = {"index": int(p.stem), "mask_name": meta["mask"], "meta": meta, "u8": False,
+                                  **{k: torch.from_numpy(z[k]) for k in ("composite", "samples", "image", "mask")}}
+    if u8_fallback:
+        for i, rec in load_records(method_dir, require_u8=True).items():
+            if i not in items:
+                items[i] = {**{k: rec[k] for k in ("index", "mask_name", "meta", "composite", "samples", "image",
+                                                   "mask")}, "u8": True}
+    return [items[i] for i in sorted(items)]
 
 
 def legacy_feature_cache(out: Path) -> Path:
@@ -160,7 +168,7 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
             load_saved_features(features, out / name)
     rows = []
     for name in methods:
-        items = load_items(out / name)
+        items = load_items(out / name, u8_fallback=True)
         if not items:
             if name in previous and previous_label == feat_label:
                 print(f"{name}: no samples in {out / name}; keeping its rows from {out / 'results.json'}")
@@ -171,8 +179,10 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
             continue
         rows.extend(_method_rows(name, items, features, perceptual, timings.get(name, {})))
         recorded = len(list((out / name / "metrics").glob("*.json")))
-        if recorded > len(items):       # resumed from another clone: its first float samples stayed there
+        if recorded > len(items):       # resumed from another clone without its uint8 files: rows cover fewer
             rows[-1]["metrics_files"] = recorded      # its "all" row
+        if n_u8 := sum(it["u8"] for it in items):     # resumed from another clone: scored from its uint8 files
+            rows[-1]["from_u8"] = n_u8
         if features is not None:
             save_item_features(features, out / name, items)
     write_results(out, rows, feat_label, perc_label)
@@ -223,9 +233,12 @@ def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str)
     shown = [c for c in SHOWN if c in cols]
     lines = md_table(rows, shown) + ["", f"FID/KID features: {feat_label}.", f"Perceptual distance: {perc_label}."]
     partial = {r["method"]: (r["images"], r["metrics_files"]) for r in rows if r.get("metrics_files")}
-    lines += [f"{m}: the rows cover the {n} of its {k} observations whose float samples are in this folder (the "
-              "others ran in another clone); the leaderboard and `python -m vipaint.bench.bootstrap --u8` use all "
-              "of them, from the committed uint8 composites." for m, (n, k) in partial.items()]
+    lines += [f"{m}: the rows cover the {n} of its {k} observations whose samples are in this folder (the "
+              "others ran in another clone and left neither float nor uint8 samples here)."
+              for m, (n, k) in partial.items()]
+    lines += [f"{r['method']}: {r['from_u8']} of its {r['images']} observations ran in another clone and are scored "
+              "from their committed uint8 composites (within 1/255 of the float ones; the raw samples are not kept)."
+              for r in rows if r.get("from_u8")]
     lines += resumed_timing_note(rows)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
