@@ -25,6 +25,7 @@ from vipaint.bench.features import (
     load_saved_features,
     save_observation_features,
 )
+from vipaint.bench.shared_runs import shared_run_targets
 from vipaint.metrics import to_unit_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,3 +336,36 @@ def test_load_items_reads_the_uint8_files_of_indices_computed_in_another_clone(t
     assert items[1]["meta"]["psnr"] == 1.0 and items[1]["mask_name"] == "box"
     torch.testing.assert_close(items[1]["composite"], (x * 2 / 4).expand(2, -1, -1, -1), atol=1 / 255, rtol=0)
     torch.testing.assert_close(items[3]["samples"], (x + 0.5).expand(2, -1, -1, -1))    # float samples, not u8
+
+
+def test_entries_with_the_same_setting_share_one_run(tmp_path, tiny_pixel_prior, tiny_imagefolder):
+    """A tuned entry that chose the published setting is not run twice: its folder links to the twin's."""
+    spec, out = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)
+    s = yaml.safe_load(spec.read_text())
+    s["methods"] = {"dps": {"n_steps": 4}, "prior": {"n_steps": 4},
+                    "dps_tuned": {"method": "dps", "n_steps": 4}, "dps_other": {"method": "dps", "n_steps": 3}}
+    spec.write_text(yaml.safe_dump(s, sort_keys=False))
+    bench_main(["--spec", str(spec), "--only", "dps", "--no-fid"])
+    mtime = (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns
+    bench_main(["--spec", str(spec), "--only", "dps_tuned", "dps_other", "--no-fid"])
+    assert (out / "dps_tuned").is_symlink() and (out / "dps_tuned").resolve() == (out / "dps").resolve()
+    assert (out / "dps" / "metrics" / "000000.json").stat().st_mtime_ns == mtime       # nothing recomputed
+    assert (out / "dps_other").is_dir() and not (out / "dps_other").is_symlink()       # another setting: its own run
+    rows = {(r["method"], r["mask"]): r for r in csv.DictReader(open(out / "results.csv"))}
+    for mask in ("box", "freeform", "all"):
+        a, b = rows["dps", mask], rows["dps_tuned", mask]
+        assert {k: v for k, v in a.items() if k not in ("method", "same_run_as")} == \
+            {k: v for k, v in b.items() if k not in ("method", "same_run_as")}
+    assert rows["dps_tuned", "all"]["same_run_as"] == "dps" and not rows["dps", "all"]["same_run_as"]
+    assert rows["dps_other", "all"]["psnr"] != rows["dps", "all"]["psnr"]
+    assert "dps_tuned is the run of dps" in (out / "results.md").read_text()
+
+    # a fresh benchmark that asks for both makes one run, under the first name; a folder of its own is kept
+    fresh = tmp_path / "fresh"
+    bench_main(["--spec", str(spec), "--only", "dps", "dps_tuned", "--no-fid", "--out", str(fresh)])
+    assert not (fresh / "dps").is_symlink() and (fresh / "dps_tuned").is_symlink()
+    assert shared_run_targets({"a": {"method": "dps"}, "b": {"method": "dps"}}, fresh) == {"b": "a"}
+    (fresh / "b").mkdir()       # the real folder is the run
+    assert shared_run_targets({"a": {"method": "dps"}, "b": {"method": "dps"}}, fresh) == {"a": "b"}
+    (fresh / "a").mkdir()
+    assert shared_run_targets({"a": {"method": "dps"}, "b": {"method": "dps"}}, fresh) == {}

@@ -6,7 +6,8 @@
 With `--split` the spec's declared image rows are run (`vipaint.bench.splits`; a split other than test writes
 to `<out>_<split>`), and a method given as `{tuned: benchmarks/tuned/<prior>/<method>.yaml}` runs the tuned
 setting, refused when it was chosen on rows of that split; `{published: <search space>}` runs the published
-setting recorded in `vipaint.tune.spaces`.
+setting recorded in `vipaint.tune.spaces`. Entries that resolve to the same method and options (a tuning that
+chose the published setting) share one run: the second's folder links to the first's (`vipaint.bench.shared_runs`).
 
 A spec names an experiment YAML (prior, data, masks), overrides, and the methods with their options.
 Each method runs through the same Lightning predict path as `vipaint predict` into
@@ -24,9 +25,27 @@ import yaml
 
 from vipaint.bench.report import previous_rows, report
 from vipaint.bench.run import read_timing, run_methods
-from vipaint.bench.splits import image_source, method_options, spec_split
+from vipaint.bench.shared_runs import link_shared_runs, shared_run_targets
+from vipaint.bench.splits import Split, image_source, method_options, spec_split
 
 __all__ = ["main"]
+
+
+def resolve_methods(spec: dict, only: list[str] | None, split: Split | None, source: str, out: Path) -> dict:
+    """{name: run options} of the methods to run. A requested entry whose setting is identical to another
+    entry's (a tuned setting that is the published one) shares that entry's run (`vipaint.bench.shared_runs`):
+    its folder becomes a link and the run is made (or resumed) once, under the twin's name."""
+    requested = [k for k in spec["methods"] if not only or k in only]
+    resolved = {}
+    for k, v in spec["methods"].items():
+        try:
+            resolved[k] = method_options(k, v, split, source)
+        except (OSError, ValueError):
+            if k in requested:      # an entry not asked for may lack its tuned YAML: it only can't be shared
+                raise
+    targets = shared_run_targets(resolved, out)
+    link_shared_runs({k: t for k, t in targets.items() if k in requested or t in requested}, out)
+    return {t: resolved[t] for t in dict.fromkeys(targets.get(k, k) for k in requested)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,14 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(spec.get("out", f"results/benchmarks/{Path(args.spec).stem}"))
     out.mkdir(parents=True, exist_ok=True)
     source = image_source(spec) if split else ""       # tuned / published entries resolved for the methods run
-    to_run = {} if args.report_only else {k: method_options(k, v, split, source) for k, v in spec["methods"].items()
-                                          if not args.only or k in args.only}
+    to_run = {} if args.report_only else resolve_methods(spec, args.only, split, source, out)
     timings = run_methods({**spec, "methods": to_run}, out) if to_run else {}
     # the table covers every method of the spec with outputs in `out` or rows in its results.json, so
     # `--only` adds rows to a benchmark instead of replacing its table with a subset
     previous, _ = previous_rows(out)
     methods = [m for m in spec["methods"]
-               if m in to_run or m in previous or any((out / m / "samples").glob("*.npz"))]
+               if m in to_run or m in previous or (out / m).is_symlink() or any((out / m / "samples").glob("*.npz"))]
     timings.update({m: read_timing(out / m) for m in methods if m not in timings})
     report(out, methods, timings, fid=not args.no_fid and spec.get("fid", True),
            perceptual_kind=spec.get("perceptual", "auto"))

@@ -25,6 +25,7 @@ from vipaint.bench.features import (
     load_saved_features,
     save_observation_features,
 )
+from vipaint.bench.shared_runs import shared_run_of
 from vipaint.samples_u8 import load_records
 
 __all__ = ["legacy_feature_cache", "load_items", "md_table", "previous_rows", "report", "resumed_timing_note",
@@ -183,6 +184,8 @@ def report(out: Path, methods: list[str], timings: dict[str, dict], *, fid: bool
             rows[-1]["metrics_files"] = recorded      # its "all" row
         if n_u8 := sum(it["u8"] for it in items):     # resumed from another clone: scored from its uint8 files
             rows[-1]["from_u8"] = n_u8
+        if twin := shared_run_of(out / name):          # identical setting: one run, two rows
+            rows[-1]["same_run_as"] = twin
         if features is not None:
             save_item_features(features, out / name, items)
     write_results(out, rows, feat_label, perc_label)
@@ -239,6 +242,9 @@ def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str)
     lines += [f"{r['method']}: {r['from_u8']} of its {r['images']} observations ran in another clone and are scored "
               "from their committed uint8 composites (within 1/255 of the float ones; the raw samples are not kept)."
               for r in rows if r.get("from_u8")]
+    lines += [f"{r['method']} is the run of {r['same_run_as']}: both entries resolve to the same method and options "
+              "(a tuning that chose the published setting), so it was run once; its rows repeat that run's."
+              for r in rows if r.get("same_run_as")]
     lines += resumed_timing_note(rows)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
