@@ -336,6 +336,10 @@ def test_load_items_reads_the_uint8_files_of_indices_computed_in_another_clone(t
     assert items[1]["meta"]["psnr"] == 1.0 and items[1]["mask_name"] == "box"
     torch.testing.assert_close(items[1]["composite"], (x * 2 / 4).expand(2, -1, -1, -1), atol=1 / 255, rtol=0)
     torch.testing.assert_close(items[3]["samples"], (x + 0.5).expand(2, -1, -1, -1))    # float samples, not u8
+    # a run killed between writing an index's samples and its metrics: that index is not done, not a crash
+    np.savez(folder / "samples" / "000004.npz", composite=comp.numpy(), samples=comp.numpy(), image=x[0].numpy(),
+             mask=np.ones((1, 4, 4), np.float32))
+    assert [it["index"] for it in load_items(folder, u8_fallback=True)] == [0, 1, 2, 3]
 
 
 def test_entries_with_the_same_setting_share_one_run(tmp_path, tiny_pixel_prior, tiny_imagefolder):
@@ -369,3 +373,38 @@ def test_entries_with_the_same_setting_share_one_run(tmp_path, tiny_pixel_prior,
     assert shared_run_targets({"a": {"method": "dps"}, "b": {"method": "dps"}}, fresh) == {"a": "b"}
     (fresh / "a").mkdir()
     assert shared_run_targets({"a": {"method": "dps"}, "b": {"method": "dps"}}, fresh) == {}
+
+
+def test_tuning_samples_made_elsewhere_are_scored_from_their_uint8_files(tmp_path, tiny_pixel_prior,
+                                                                         tiny_imagefolder, monkeypatch):
+    """`vipaint.tune --samples-only` (a GPU machine without the Inception weights) runs the configurations
+    and scores nothing; the same command without the flag, given only the per-index and uint8 files,
+    scores every configuration without recomputing it."""
+    from vipaint.tune.__main__ import main as tune_main
+
+    spec, _ = _spec(tmp_path, tiny_pixel_prior, tiny_imagefolder)
+    s = yaml.safe_load(spec.read_text())
+    work, tuned = tmp_path / "work", tmp_path / "tuned"
+    s.update(samples_u8=True,
+             splits={"validation": {"start": 2, "num_images": 2}, "test": {"start": 0, "num_images": 2}},
+             tune={"prior": "tiny", "methods": ["ddnm"], "configurations": 2, "seed": 0, "nfe_cap": 1000,
+                   "criterion": {"metric": "kid", "goal": "min", "tie_break": "psnr"}, "work": str(work)})
+    spec.write_text(yaml.safe_dump(s, sort_keys=False))
+    cmd = ["--spec", str(spec), "--tuned-dir", str(tuned)]
+    with pytest.raises(SystemExit):          # nothing that changes a result may be passed
+        tune_main([*cmd, "--model.sigma_y=0.2"])
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (_NoCalls(), _TinyFeatures.label))
+    tune_main([*cmd, "--samples-only", "--data.batch_size=3"])           # must not touch a feature network
+    runs = sorted(work.glob("ddnm/c*/run"))
+    assert len(runs) == 2 and not tuned.exists()
+    for run in runs:           # what comes back from the other machine: no float samples
+        assert len(list((run / "samples_u8").glob("*.npz"))) == 4
+        shutil.rmtree(run / "samples")
+    stamps = {f: f.stat().st_mtime_ns for run in runs for f in (run / "metrics").glob("*.json")}
+    monkeypatch.setattr(vipaint.metrics, "default_inception", lambda: (_TinyFeatures(), _TinyFeatures.label))
+    tune_main(cmd)
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps            # scored, not recomputed
+    trials = list(csv.DictReader(open(tuned / "ddnm.trials.csv")))
+    assert [t["status"] for t in trials] == ["done", "done"]
+    assert all(np.isfinite(float(t["value"])) and int(t["images"]) == 4 for t in trials)
+    assert yaml.safe_load((tuned / "ddnm.yaml").read_text())["tuning"]["criterion"]["metric"] == "kid"

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     source = image_source(spec) if split else ""       # tuned / published entries resolved for the methods run
     to_run = {} if args.report_only else resolve_methods(spec, args.only, split, source, out)
+    if args.no_fid:     # no Inception in the predict path either (a machine without its weights)
+        spec["fid"] = False
     timings = run_methods({**spec, "methods": to_run}, out) if to_run else {}
     # the table covers every method of the spec with outputs in `out` or rows in its results.json, so
     # `--only` adds rows to a benchmark instead of replacing its table with a subset

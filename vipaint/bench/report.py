@@ -42,9 +42,13 @@ def load_items(method_dir: Path, u8_fallback: bool = False) -> list[dict]:
     """The observations of a method folder: index, mask name, per-image metrics (`meta`) and the
     `composite`, `samples`, `image` and `mask` arrays of `samples/<index>.npz`, by index. With `u8_fallback`,
     an index with `metrics/<index>.json` but no float file (computed in another clone, a committed run
-    continued here) is read from its committed `samples_u8/<index>.npz` instead, marked `"u8": True`."""
-    items = {}
+    continued here) is read from its committed `samples_u8/<index>.npz` instead, marked `"u8": True`. A samples
+    file without its metrics file (a run killed between the two writes) is left out: the index is not done."""
+    items, orphans = {}, []
     for p in sorted((method_dir / "samples").glob("*.npz")):
+        if not (method_dir / "metrics" / f"{p.stem}.json").is_file():     # killed between the two writes:
+            orphans.append(p.stem)                                         # not done, the next run redoes it
+            continue
         with np.load(p) as z:
             meta = json.loads((method_dir / "metrics" / f"{p.stem}.json").read_text())
             items[int(p.stem)] = {"index": int(p.stem), "mask_name": meta["mask"], "meta": meta, "u8": False,
@@ -54,6 +58,9 @@ def load_items(method_dir: Path, u8_fallback: bool = False) -> list[dict]:
             if i not in items:
                 items[i] = {**{k: rec[k] for k in ("index", "mask_name", "meta", "composite", "samples", "image",
                                                    "mask")}, "u8": True}
+    if orphans:
+        print(f"{method_dir}: {len(orphans)} samples file(s) without a metrics file (first {orphans[0]}.npz) are left "
+              "out: those indices are not done, and a rerun computes them")
     return [items[i] for i in sorted(items)]
 
 

@@ -15,7 +15,7 @@ import torch
 
 from vipaint.run_log import index_seconds
 
-__all__ = ["build_cli", "read_timing", "run_method", "run_methods"]
+__all__ = ["build_cli", "read_timing", "run_device", "run_method", "run_methods"]
 
 
 def build_cli(config: str, overrides: list[str]):
@@ -57,8 +57,17 @@ def run_method(cli, writer, name: str, opts: dict, folder: Path) -> dict:
         tfile.write_text(json.dumps({"seconds": seconds, "images": computed,
                                      "seconds_per_image": seconds / computed,
                                      "threads": torch.get_num_threads(),
-                                     "device": str(cli.model.device)}))
+                                     "device": run_device(cli.trainer)}))
     return read_timing(writer.output_dir)
+
+
+def run_device(trainer) -> str:
+    """The device a predict ran on, e.g. `cuda:0 (NVIDIA H200)` (read from the strategy: after predict Lightning
+    has moved the module back to the CPU, so the module's device would say `cpu`)."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def read_timing(method_dir: Path) -> dict:

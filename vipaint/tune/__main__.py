@@ -20,6 +20,12 @@ rerun reads to skip finished configurations (after a kill, or from a fresh clone
 to `benchmarks/tuned/<prior>/<method>.yaml`, a config file that `vipaint predict --config …` reads and a
 spec names as `methods: {dps: {tuned: benchmarks/tuned/<prior>/dps.yaml}}`; it records the split (rows and
 their hash) it was chosen on, so `python -m vipaint.bench --split test` refuses it on overlapping rows.
+
+`--samples-only` runs the configurations without scoring them (a GPU machine without the Inception
+weights); with `samples_u8: true` in the spec their uint8 composites count as done, so the same command
+without the flag, on a machine with the weights and only those files, scores every configuration without
+recomputing it. Extra flags may set only what changes no result: `--data.batch_size`, `--data.num_workers`,
+`--trainer.accelerator`, `--trainer.devices`, `--trainer.enable_progress_bar`.
 """
 
 from __future__ import annotations
@@ -54,8 +60,11 @@ def _score(folder: Path, trial: Trial, criterion: Criterion, timing: dict, spec:
     trial.metrics = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "images"}
 
 
-def tune_method(name: str, spec: dict, cli, writer, tuned_dir: Path, spec_path: str) -> Trial:
-    """Run the configurations of method `name` not yet in its trials file; write trials and tuned YAML."""
+def tune_method(name: str, spec: dict, cli, writer, tuned_dir: Path, spec_path: str,
+                samples_only: bool = False) -> Trial | None:
+    """Run the configurations of method `name` not yet in its trials file; write trials and tuned YAML.
+    With `samples_only`, only run them (their folders resume per image) and return None: for a machine
+    without the criterion's feature network, whose folders a later run elsewhere scores."""
     t = spec["tune"]
     space = search_spaces()[name]
     split = spec_split(spec, t.get("split", "validation"))
@@ -81,10 +90,17 @@ def tune_method(name: str, spec: dict, cli, writer, tuned_dir: Path, spec_path: 
             folder = work / f"c{trial.config:03d}"
             print(f"[tune] {name} c{trial.config:03d}: {trial.options}")
             timing = run_method(cli, writer, "run", {"method": space.method, **trial.options}, folder / "run")
+            if samples_only:
+                continue
             _score(folder, trial, criterion, timing, spec)
             over = cap is not None and trial.nfe is not None and trial.nfe > cap
             trial.status = f"rejected: measured {trial.nfe} network passes > cap {cap}" if over else "done"
-        write_trials(trials_path, [x for x in trials if x.status != "pending"])   # never drops a finished row
+        if not samples_only:
+            write_trials(trials_path, [x for x in trials if x.status != "pending"])   # never drops a finished row
+    if samples_only:
+        print(f"[tune] {name}: samples of every configuration are in {work}; score them with the same command "
+              "without --samples-only")
+        return None
     best = choose(trials, criterion)
     ran = [x for x in trials if x.status == "done" or x.status.startswith("rejected: measured")]
     tuned = {
@@ -114,7 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spec", required=True, help="benchmark YAML with `splits` and a `tune` block")
     p.add_argument("--only", nargs="*", help="tune only these methods of the spec's tune.methods")
     p.add_argument("--tuned-dir", help="where the tuned YAMLs go (default benchmarks/tuned/<tune.prior>)")
-    args = p.parse_args(argv)
+    p.add_argument("--samples-only", action="store_true",
+                   help="run the configurations without scoring them (no FID network needed; e.g. on a GPU machine "
+                        "without the Inception weights); the same command without it scores the written folders")
+    args, extra = p.parse_known_args(argv)
+    ok = ("--data.batch_size", "--data.num_workers", "--trainer.accelerator", "--trainer.devices",
+          "--trainer.enable_progress_bar")
+    bad = [a for a in extra if not a.startswith(ok)]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (extra flags may only set {', '.join(ok)}: nothing "
+                "that changes a result)")
     spec = yaml.safe_load(Path(args.spec).read_text())
     t = spec.get("tune")
     if not t:
@@ -129,12 +154,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("tuning on the test split is refused: tune on validation, report on test")
     from vipaint.writer import PredictionWriter
 
-    cli = build_cli(spec["config"], [str(o) for o in spec.get("overrides", [])] + split.overrides())
+    cli = build_cli(spec["config"], [str(o) for o in spec.get("overrides", [])] + split.overrides() + extra)
     writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PredictionWriter))
-    writer.fid = bool(spec.get("fid", True))       # no Inception in the predict path when the spec skips FID
+    writer.fid = bool(spec.get("fid", True)) and not args.samples_only     # no Inception in the predict path
+    writer.save_u8 = bool(spec.get("samples_u8", False))     # uint8 composites: a run elsewhere scores from them
     tuned_dir = Path(args.tuned_dir or f"benchmarks/tuned/{t['prior']}")
     for m in methods:
-        tune_method(m, spec, cli, writer, tuned_dir, args.spec)
+        tune_method(m, spec, cli, writer, tuned_dir, args.spec, samples_only=args.samples_only)
 
 
 if __name__ == "__main__":
