@@ -311,6 +311,18 @@ def test_results_md_flags_seconds_from_a_resumed_run(tmp_path):
     rows[1]["from_u8"] = 2
     write_results(tmp_path, rows, "feat", "perc")
     assert "b: 2 of its 3 observations ran in another clone" in (tmp_path / "results.md").read_text()
+    rows[1]["timing_device"] = "cuda:0 (NVIDIA H200)"      # a row sampled on a GPU: its seconds are flagged
+    write_results(tmp_path, rows, "feat", "perc")
+    assert "The s_per_image of b was measured on a GPU (cuda:0 (NVIDIA H200)" in (tmp_path / "results.md").read_text()
+
+
+def test_timing_records_the_device_the_predict_ran_on():
+    """Lightning moves the module back to the CPU after predict; the device comes from the strategy."""
+    import lightning
+
+    from vipaint.bench.run import run_device
+
+    assert run_device(lightning.Trainer(accelerator="cpu", devices=1, logger=False)) == "cpu"
 
 
 def test_load_items_reads_the_uint8_files_of_indices_computed_in_another_clone(tmp_path):

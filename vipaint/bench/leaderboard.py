@@ -72,6 +72,8 @@ def _row(name: str, items: list[dict], folder: Path, features) -> dict:
         row[col] = float(np.mean(vals)) if vals else None
     timing = read_timing(folder)
     row["s_per_image"], row["timing"] = timing.get("seconds_per_image"), timing.get("source", "run")
+    if "cuda" in str(timing.get("device", "")):
+        row["timing_device"] = timing["device"]
     if features is not None and all("composite" in it for it in items):
         real = torch.stack([it["image"] for it in items])
         fake = torch.cat([it["composite"] for it in items])

@@ -154,6 +154,8 @@ def _method_rows(name: str, items: list[dict], features: CachedFeatures | None, 
         row["s_per_image"] = timing.get("seconds_per_image", float("nan"))
         if timing.get("source") == "per-index":
             row["timing"] = "per-index"
+        if "cuda" in str(timing.get("device", "")):
+            row["timing_device"] = timing["device"]
         rows.append(row)
     return rows
 
@@ -224,11 +226,18 @@ def write_table(out: Path, name: str, rows: list[dict], cols: list[str], meta: d
 
 
 def resumed_timing_note(rows: list[dict]) -> list[str]:
-    """The sentence that flags rows timed from per-index files of a resumed run (`read_timing`'s
-    "per-index" source), or [] when no row is."""
+    """The sentences that flag rows timed from per-index files of a resumed run (`read_timing`'s "per-index"
+    source) and rows timed on a GPU (`timing_device`), or [] when no row is either."""
     resumed = list(dict.fromkeys(r["method"] for r in rows if r.get("timing") == "per-index"))
-    return [f"The s_per_image of {', '.join(resumed)} is the mean of per-index batch times of a run resumed over "
-            "several sessions, which may have shared the machine with other runs (an upper bound)."] if resumed else []
+    gpu = {r["method"]: r["timing_device"] for r in rows if r.get("timing_device")}
+    lines = [f"The s_per_image of {', '.join(resumed)} is the mean of per-index batch times of a run resumed over "
+             "several sessions, which may have shared the machine with other runs (an upper bound)."] if resumed else []
+    if gpu:
+        devices = ", ".join(sorted(set(gpu.values())))
+        lines.append(f"The s_per_image of {', '.join(gpu)} was measured on a GPU ({devices}; "
+                     "benchmarks/gpu_leaderboard.sh), not on the CPU of the other rows: it is not comparable with "
+                     "theirs. The network passes are.")
+    return lines
 
 
 def write_results(out: Path, rows: list[dict], feat_label: str, perc_label: str) -> None:
