@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m for m in spec["methods"]
                if m in to_run or m in previous or (out / m).is_symlink() or any((out / m / "samples").glob("*.npz"))]
     timings.update({m: read_timing(out / m) for m in methods if m not in timings})
-    report(out, methods, timings, fid=not args.no_fid and spec.get("fid", True),
+    report(out, methods, timings, fid=spec.get("fid", True),
            perceptual_kind=spec.get("perceptual", "auto"))
     print(f"\nwrote {out}/results.md, results.csv and the plots")
 
