@@ -31,7 +31,7 @@ import yaml
 
 from vipaint.bench.bootstrap import U8_CACHE
 from vipaint.bench.report import md_table, resumed_timing_note
-from vipaint.bench.run import read_timing
+from vipaint.bench.run import gpu_device, read_timing
 from vipaint.bench.splits import check_tuned, image_source, load_tuned, spec_split
 from vipaint.samples_u8 import load_records
 
@@ -72,8 +72,8 @@ def _row(name: str, items: list[dict], folder: Path, features) -> dict:
         row[col] = float(np.mean(vals)) if vals else None
     timing = read_timing(folder)
     row["s_per_image"], row["timing"] = timing.get("seconds_per_image"), timing.get("source", "run")
-    if "cuda" in str(timing.get("device", "")):
-        row["timing_device"] = timing["device"]
+    if gpu := gpu_device(timing):
+        row["timing_device"] = gpu
     if features is not None and all("composite" in it for it in items):
         real = torch.stack([it["image"] for it in items])
         fake = torch.cat([it["composite"] for it in items])

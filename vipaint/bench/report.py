@@ -25,6 +25,7 @@ from vipaint.bench.features import (
     load_saved_features,
     save_observation_features,
 )
+from vipaint.bench.run import gpu_device
 from vipaint.bench.shared_runs import shared_run_of
 from vipaint.samples_u8 import load_records
 
@@ -154,8 +155,8 @@ def _method_rows(name: str, items: list[dict], features: CachedFeatures | None, 
         row["s_per_image"] = timing.get("seconds_per_image", float("nan"))
         if timing.get("source") == "per-index":
             row["timing"] = "per-index"
-        if "cuda" in str(timing.get("device", "")):
-            row["timing_device"] = timing["device"]
+        if gpu := gpu_device(timing):
+            row["timing_device"] = gpu
         rows.append(row)
     return rows
 

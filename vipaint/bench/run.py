@@ -15,7 +15,7 @@ import torch
 
 from vipaint.run_log import index_seconds
 
-__all__ = ["build_cli", "read_timing", "run_device", "run_method", "run_methods"]
+__all__ = ["build_cli", "gpu_device", "read_timing", "run_device", "run_method", "run_methods"]
 
 
 def build_cli(config: str, overrides: list[str]):
@@ -68,6 +68,12 @@ def run_device(trainer) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def gpu_device(timing: dict) -> str | None:
+    """The GPU a `read_timing` record was measured on, or None for a CPU (or unrecorded) device."""
+    device = str(timing.get("device", ""))
+    return device if "cuda" in device else None
 
 
 def read_timing(method_dir: Path) -> dict:
