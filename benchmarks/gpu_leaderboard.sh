@@ -38,11 +38,11 @@ print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers
   2>&1 | tee -a "$log" || exit 1
 
 jobs=("$@")
-if [ ${#jobs[@]} -eq 0 ]; then
-  jobs=()
-  for m in reddiff copaint repaint dps; do jobs+=("fashion_mnist:tune:$m" "fashion_mnist:test:${m}_published"); done
-  for m in reddiff copaint repaint dps; do jobs+=("mnist:tune:$m" "mnist:test:${m}_published"); done
-  for m in reddiff psld dps; do jobs+=("fashion_mnist_latent:tune:$m" "fashion_mnist_latent:test:${m}_published"); done
+if [ ${#jobs[@]} -eq 0 ]; then     # what was still missing on 2026-12-04, most wanted first
+  jobs=("fashion_mnist_latent:tune:dps" "fashion_mnist_latent:test:dps_published"
+        "fashion_mnist_latent:test:reddiff" "fashion_mnist_latent:test:psld"
+        "mnist:test:reddiff" "mnist:test:reddiff_published")
+  for m in copaint repaint dps; do jobs+=("mnist:tune:$m" "mnist:test:${m}_published"); done
   jobs+=("mnist:test:prior" "fashion_mnist_latent:test:prior")
   jobs+=("fashion_mnist:tune:vipaint_official" "mnist:tune:vipaint" "mnist:tune:vipaint_official"
          "fashion_mnist_latent:tune:vipaint" "fashion_mnist_latent:tune:vipaint_official")
